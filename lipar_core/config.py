@@ -1,0 +1,179 @@
+"""Configuration models shared by the library, the CLI, the server and the YAML presets in ``configs/``.
+
+Every YAML preset is validated by :class:`PresetConfig`; every knob has a documented range. Bad values raise
+a pydantic ``ValidationError`` that names the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubFile(_Strict):
+    """One file from a Hugging Face repo or a local directory.
+
+    ``repo`` is either a Hub id (``owner/name``) or a local directory; ``filename`` is relative to it.
+    """
+
+    repo: str
+    filename: str
+    revision: str | None = None
+
+
+class TransformerSource(_Strict):
+    """Where the causal DiT comes from.
+
+    ``random``: a ``WanTransformer3DModel`` built from ``config`` with seeded random weights (no download).
+    ``pretrained``: the diffusers-format Wan2.1 repo (``repo``, ``subfolder``) for the config (and base
+    weights unless ``generator`` overrides them), plus optionally the Self-Forcing generator checkpoint.
+    """
+
+    source: Literal["random", "pretrained"] = "random"
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    repo: str | None = None
+    subfolder: str = "transformer"
+    load_base_weights: bool = Field(
+        default=False,
+        description="load the base Wan weights before the generator (not needed when generator is given)",
+    )
+    generator: HubFile | None = None
+    generator_key: Literal["generator_ema", "generator"] = "generator_ema"
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerSource:
+        if self.source == "pretrained" and not self.repo:
+            raise ValueError("transformer.repo is required when transformer.source is 'pretrained'")
+        return self
+
+
+class AutoencoderSource(_Strict):
+    """The video autoencoder: ``taehv`` (tiny, default for speed) or ``wan_vae`` (full quality)."""
+
+    kind: Literal["taehv", "wan_vae"] = "taehv"
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    weights: HubFile | None = None
+    repo: str | None = None
+    subfolder: str = "vae"
+
+
+class TextSource(_Strict):
+    """The prompt encoder: ``umt5`` (transformers, from a diffusers-format repo) or ``tiny`` (random)."""
+
+    kind: Literal["umt5", "tiny"] = "umt5"
+    repo: str | None = None
+    encoder_subfolder: str = "text_encoder"
+    tokenizer_subfolder: str = "tokenizer"
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    max_length: Annotated[int, Field(ge=1, le=4096)] = 512
+    cache_size: Annotated[int, Field(ge=0, le=10_000)] = 64
+    device: str | None = Field(default=None, description="device for the text encoder; None = runtime.device")
+
+
+class ModelConfig(_Strict):
+    """The model bundle: DiT, autoencoder and text encoder."""
+
+    transformer: TransformerSource = TransformerSource()
+    autoencoder: AutoencoderSource = AutoencoderSource()
+    text: TextSource = TextSource()
+
+
+class StreamConfig(_Strict):
+    """Stream geometry and attention window.
+
+    The KV cache holds ``sink_frames`` (m0) latent frames from the start of the stream plus a rolling
+    window of the last ``window_frames`` (m1) latent frames, which includes the current block.
+    """
+
+    height: Annotated[int, Field(ge=16, le=4096)] = 480
+    width: Annotated[int, Field(ge=16, le=4096)] = 832
+    latent_frames_per_block: Annotated[int, Field(ge=1, le=16)] = 3
+    sink_frames: Annotated[int, Field(ge=0, le=64)] = 1
+    window_frames: Annotated[int, Field(ge=1, le=256)] = 8
+    train_frames: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=21, description="latent frames the model was trained on; RoPE offsets stay inside it"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamConfig:
+        if self.window_frames < self.latent_frames_per_block:
+            raise ValueError(
+                f"window_frames ({self.window_frames}) must be at least latent_frames_per_block "
+                f"({self.latent_frames_per_block}): the window includes the current block"
+            )
+        if self.train_frames < self.latent_frames_per_block:
+            raise ValueError("train_frames must be at least latent_frames_per_block")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    """Flow-matching scheduler; ``denoising_steps`` are warped step values (LIPAR.md §2.5)."""
+
+    num_train_timesteps: Annotated[int, Field(ge=2, le=100_000)] = 1000
+    shift: Annotated[float, Field(gt=0.0, le=100.0)] = 5.0
+    denoising_steps: list[int] = Field(default_factory=lambda: [400, 350, 250])
+
+    @field_validator("denoising_steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("denoising_steps must not be empty")
+        if any(not 1 <= s <= 1000 for s in v):
+            raise ValueError("every denoising step must be in [1, 1000]")
+        if any(a <= b for a, b in itertools.pairwise(v)):
+            raise ValueError(
+                "denoising_steps must be strictly decreasing (the first one is the edit strength)"
+            )
+        return v
+
+
+class RuntimeConfig(_Strict):
+    """Where and how the model runs."""
+
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache_dir: str | None = Field(default=None, description="model download cache; None = HF default")
+    autoencoder_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+
+class PresetConfig(_Strict):
+    """A named, complete configuration: model, stream, scheduler, runtime."""
+
+    name: str
+    description: str = ""
+    model: ModelConfig = ModelConfig()
+    stream: StreamConfig = StreamConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    lipar: dict[str, Any] = Field(default_factory=dict, description="LIPAR settings (see lipar_core.lipar)")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PresetConfig:
+        """Load and validate a YAML preset file."""
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text())
+        except OSError as e:
+            raise ValueError(f"cannot read config file {p}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {p} must hold a mapping at the top level")
+        return cls.model_validate(data)
+
+    def with_overrides(self, **updates: Any) -> PresetConfig:
+        """A copy with top-level sections replaced (validated again)."""
+        data = self.model_dump()
+        data.update(updates)
+        return PresetConfig.model_validate(data)

