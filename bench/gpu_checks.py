@@ -1,32 +1,39 @@
-"""GPU checks run by bench/gpu_run.sh: correctness of the streaming DiT on CUDA, and micro-timings
-(ms per DiT pass at several kept fractions, mask ms) at 832x480 with the 1.3B architecture (random weights)."""
+"""GPU checks run by bench/gpu_run.sh: correctness of the streaming DiT on CUDA (against diffusers, and CUDA
+graphs against eager), and micro-timings (ms per DiT pass at several kept fractions, eager and graphed; mask
+ms) at 832x480 with the 1.3B architecture (random weights)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers import WanTransformer3DModel
 
-from lipar_core.bench import WAN_1_3B
+from lipar_core.bench import WAN_1_3B, bench_config, RandomTextEncoder
+from lipar_core.editor import StreamEditor
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
 from lipar_core.lipar.prune import KeepSet
+from lipar_core.models.graphs import GraphedDiT
 from lipar_core.models.transformer import CausalWanDiT
-from lipar_core.presets import _cast_transformer
+from lipar_core.presets import _cast_transformer, load_preset
 
+log = logging.getLogger("gpu_checks")
 dev = torch.device("cuda")
-out = {}
+out: dict[str, Any] = {}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def timed(fn, reps: int = 10) -> float:
+def timed(fn: Callable[[], object], reps: int = 10) -> float:
     for _ in range(3):
         fn()
     ts = []
@@ -40,23 +47,18 @@ def timed(fn, reps: int = 10) -> float:
     return statistics.median(ts)
 
 
-with torch.no_grad():
-    # 1. First block equals diffusers' forward on CUDA: tiny fp32 and 1.3B bf16.
+def check_first_block() -> None:
+    tiny = {
+        **WAN_1_3B,
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "num_layers": 2,
+        "ffn_dim": 64,
+        "text_dim": 32,
+        "freq_dim": 32,
+    }
     for name, cfg, dt, size in [
-        (
-            "tiny_fp32",
-            {
-                **WAN_1_3B,
-                "num_attention_heads": 2,
-                "attention_head_dim": 16,
-                "num_layers": 2,
-                "ffn_dim": 64,
-                "text_dim": 32,
-                "freq_dim": 32,
-            },
-            torch.float32,
-            (64, 96),
-        ),
+        ("tiny_fp32", tiny, torch.float32, (64, 96)),
         ("1.3b_bf16", WAN_1_3B, torch.bfloat16, (480, 832)),
     ]:
         torch.manual_seed(0)
@@ -68,43 +70,105 @@ with torch.no_grad():
         text = torch.randn(1, 512, cfg["text_dim"], device=dev, dtype=dt) * 0.2
         cache = dit.new_cache(geo, 1, 8, 21)
         ctx = dit.begin_block(cache, 0)
-        ours = dit.forward_block(x, [700.0] * 3, cache, dit.text_kv(text), ctx)
-        ref = wan(x.permute(0, 2, 1, 3, 4), torch.tensor([700.0], device=dev), text, return_dict=False)[0]
+        with torch.no_grad():
+            ours = dit.forward_block(x, [700.0] * 3, cache, dit.text_kv(text), ctx)
+            ref = wan(x.permute(0, 2, 1, 3, 4), torch.tensor([700.0], device=dev), text, return_dict=False)[0]
         out[f"first_block_vs_diffusers_rel_err_{name}"] = rel(ours, ref.permute(0, 2, 1, 3, 4))
         if name == "1.3b_bf16":
-            # 2. ms per DiT pass in steady state (window full: 9 frames of keys), unpruned and pruned.
-            cross = dit.text_kv(text)
-            for b in range(4):  # fill the window
-                ctx = dit.begin_block(cache, 3 * b)
-                dit.forward_block(x, [0.0] * 3, cache, cross, ctx, memory=True)
-            ctx = dit.begin_block(cache, 12)
-            out["dit_pass_ms_unpruned"] = timed(lambda: dit.forward_block(x, [700.0] * 3, cache, cross, ctx))
-            out["diffusers_forward_ms_no_cache"] = timed(
-                lambda: wan(
-                    x.permute(0, 2, 1, 3, 4), torch.tensor([700.0], device=dev), text, return_dict=False
-                )
-            )
-            n = geo.tokens_per_block
-            for frac in (0.75, 0.5, 0.25, 0.1):
-                g = torch.Generator(device=dev).manual_seed(1)
-                mask = torch.rand(n, device=dev, generator=g) < frac
-                ks = KeepSet.from_mask(mask, 128)
-                out[f"dit_pass_ms_keep_{frac}"] = timed(
-                    lambda ks=ks: dit.forward_block(x, [700.0] * 3, cache, cross, ctx, ks, "full")
-                )
-            out["peak_memory_gib_dit_only"] = torch.cuda.max_memory_allocated() / 2**30
+            pass_timings(dit, geo, x, text)
         del wan, dit, cache
 
-    # 3. Mask time per block at 480x832 (latent criterion and pixel source), no host sync inside.
+
+@torch.no_grad()
+def pass_timings(dit: CausalWanDiT, geo: StreamGeometry, x: torch.Tensor, text: torch.Tensor) -> None:
+    cache = dit.new_cache(geo, 1, 8, 21)
+    cross = dit.text_kv(text)
+    for b in range(4):  # fill the window: steady state
+        ctx = dit.begin_block(cache, 3 * b)
+        dit.forward_block(x, [0.0] * 3, cache, cross, ctx, memory=True)
+    ctx = dit.begin_block(cache, 12)
+    g = GraphedDiT(dit, cache)
+    out["dit_pass_ms_unpruned_eager"] = timed(lambda: dit.forward_block(x, [700.0] * 3, cache, cross, ctx))
+    out["dit_pass_ms_unpruned_graph"] = timed(lambda: g.forward_block(x, [700.0] * 3, cross, ctx))
+    n = geo.tokens_per_block
+    for frac in (0.75, 0.5, 0.25, 0.1):
+        gen = torch.Generator(device=dev).manual_seed(1)
+        ks = KeepSet.from_mask(torch.rand(n, device=dev, generator=gen) < frac, 128)
+        out[f"dit_pass_ms_keep_{frac}_eager"] = timed(
+            lambda ks=ks: dit.forward_block(x, [700.0] * 3, cache, cross, ctx, ks, "full")
+        )
+        out[f"dit_pass_ms_keep_{frac}_graph"] = timed(
+            lambda ks=ks: g.forward_block(x, [700.0] * 3, cross, ctx, ks, "full")
+        )
+    out["graphs_captured"] = g.captures
+
+
+@torch.no_grad()
+def check_graphs_equal_eager() -> None:
+    """The editor with CUDA graphs gives the same frames as without, block by block, with pruning."""
+    cfg = bench_config(480, 832, "1.3b", "cuda", "bfloat16")
+    models = load_preset(cfg)
+    models.text = RandomTextEncoder(4096, 512, models.device, models.dtype)
+    from lipar_core.bench import load_clips
+
+    clip = load_clips(__import__("pathlib").Path(".clips"), 96, 480, 832)["bigbuckbunny"]
+    res = {}
+    for rec in ("full", "none", "m_degree"):
+        lip = LiparConfig(**{**cfg.lipar, "recovery": rec})
+        a = StreamEditor(models, "a knight", seed=1, lipar=lip, cuda_graphs=False)
+        b = StreamEditor(models, "a knight", seed=1, lipar=lip, cuda_graphs=True)
+        worst = 0.0
+        exact = True
+        for i in range(8):
+            fa, _ = a.process_block(clip[i * 12 : (i + 1) * 12])
+            fb, _ = b.process_block(clip[i * 12 : (i + 1) * 12])
+            exact &= torch.equal(fa, fb)
+            worst = max(worst, rel(b.last_latents, a.last_latents))
+        assert b.graphs is not None
+        res[rec] = {
+            "frames_bit_exact": exact,
+            "max_rel_latent_diff": worst,
+            "replays": b.graphs.replays,
+            "captures": b.graphs.captures,
+        }
+    out["graphs_vs_eager"] = res
+
+
+def mask_timings() -> None:
     geo = StreamGeometry(480, 832)
     lat = torch.randn(1, 3, 16, 60, 104, device=dev)
     pix = torch.rand(1, 12, 3, 480, 832, device=dev)
     for src in ("latent", "pixel"):
-        m = PruneMasker(LiparConfig(mask_source=src), geo)
-        m(lat, pixels=pix, force_full=True)
-        out[f"mask_ms_{src}"] = timed(lambda m=m: m(lat, pixels=pix))
-        out[f"mask_plus_keepset_ms_{src}"] = timed(lambda m=m: KeepSet.from_mask(m(lat, pixels=pix), 128))
+        for graph in (False, True):
+            m = PruneMasker(LiparConfig(mask_source=src), geo, use_cuda_graph=graph)
+            m(lat, pixels=pix, force_full=True)
+            tag = f"{src}_{'graph' if graph else 'eager'}"
+            out[f"mask_ms_{tag}"] = timed(lambda m=m: m(lat, pixels=pix))
+            out[f"mask_plus_keepset_ms_{tag}"] = timed(lambda m=m: KeepSet.from_mask(m(lat, pixels=pix), 128))
+    # The graphed mask equals the eager one, block after block, on a moving sequence (state carried).
+    g = torch.Generator(device=dev).manual_seed(0)
+    seq = torch.cumsum(torch.randn(1, 30, 16, 60, 104, device=dev, generator=g) * 0.08, dim=1)
+    for src in ("latent",):
+        a = PruneMasker(LiparConfig(mask_source=src, tau=0.05), geo, use_cuda_graph=False)
+        b = PruneMasker(LiparConfig(mask_source=src, tau=0.05), geo, use_cuda_graph=True)
+        same, frac = True, []
+        for i in range(10):
+            x = seq[:, 3 * i : 3 * i + 3]
+            ka, kb = a(x, force_full=i == 0), b(x, force_full=i == 0)
+            same &= torch.equal(ka, kb)
+            frac.append(float(ka.float().mean()))
+        out[f"mask_graph_equals_eager_{src}"] = same
+        out[f"mask_kept_fraction_{src}"] = frac
 
-print(json.dumps(out, indent=2))
-with open(os.path.join(os.environ.get("OUT", "."), "checks.json"), "w") as f:
-    json.dump(out, f, indent=2)
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    for step in (check_first_block, check_graphs_equal_eager, mask_timings):
+        try:
+            step()
+        except Exception as e:  # report and go on: one call measures everything
+            log.exception("%s failed", step.__name__)
+            out[f"{step.__name__}_error"] = repr(e)
+    log.info("%s", json.dumps(out, indent=2))
+    with open(os.path.join(os.environ.get("OUT", "."), "checks.json"), "w") as f:
+        json.dump(out, f, indent=2)

@@ -145,6 +145,7 @@ class RuntimeConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cache_dir: str | None = Field(default=None, description="model download cache; None = HF default")
     autoencoder_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    cuda_graphs: bool = Field(default=True, description="replay DiT passes from CUDA graphs on CUDA devices")
 
 
 class PresetConfig(_Strict):

@@ -26,11 +26,12 @@ from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
 from lipar_core.lipar.prune import KeepSet
 from lipar_core.lipar.restore import RestorationBuffer
+from lipar_core.models.graphs import GraphedDiT
 from lipar_core.scheduler import make_step_list
 from lipar_core.timing import StageTimer
 
 if TYPE_CHECKING:
-    from lipar_core.models.transformer import CrossKV
+    from lipar_core.models.transformer import BlockContext, CrossKV
     from lipar_core.presets import EditorModels
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class StreamEditor:
         steps: denoising step values (default: the preset's), e.g. [400, 350, 250].
         lipar: LIPAR settings (default: the preset's ``lipar`` section). ``lipar.m`` sets the attention window
             whether or not pruning is enabled; None there keeps the stream's sink/window frames.
+        cuda_graphs: replay DiT passes from CUDA graphs (default: ``runtime.cuda_graphs`` on a CUDA device).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class StreamEditor:
         seed: int = 0,
         steps: list[int] | None = None,
         lipar: LiparConfig | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         self.models = models
         cfg = models.config
@@ -117,6 +120,10 @@ class StreamEditor:
                 f"({self.geometry.token_frames_per_block} frames), which is never pruned"
             )
         self.cache = models.dit.new_cache(self.geometry, sink, window, cfg.stream.train_frames)
+        use_graphs = cfg.runtime.cuda_graphs if cuda_graphs is None else cuda_graphs
+        self.graphs = (
+            GraphedDiT(models.dit, self.cache) if use_graphs and self.device.type == "cuda" else None
+        )
         self.masker = PruneMasker(self.lipar, self.geometry)
         self.restoration = RestorationBuffer((self.geometry.patch[1], self.geometry.patch[2]))
         self.encoder = models.autoencoder.encoder_stream()
@@ -232,6 +239,24 @@ class StreamEditor:
         self.block_index = 0
         self.frame_index = 0
 
+    def _pass(
+        self,
+        x: torch.Tensor,
+        timesteps: list[float],
+        cross: CrossKV,
+        ctx: BlockContext,
+        keep: KeepSet | None,
+        recovery: str,
+        memory: bool = False,
+        prefill: bool = False,
+    ) -> torch.Tensor:
+        """One DiT pass of this stream (from a CUDA graph when enabled and possible)."""
+        if self.graphs is not None:
+            return self.graphs.forward_block(x, timesteps, cross, ctx, keep, recovery, memory, prefill)
+        return self.models.dit.forward_block(
+            x, timesteps, self.cache, cross, ctx, keep, recovery, memory, prefill
+        )
+
     def _to_model_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, H, W, 3] (any size) -> float [1, T, 3, height, width] in [0, 1] on the device.
 
@@ -311,14 +336,10 @@ class StreamEditor:
                     if keep is not None and keep.n_keep == 0:
                         # Nothing changed: no pass runs; the first pass still lays the K/V duplicates.
                         if i == 0:
-                            m.dit.forward_block(
-                                x, [t] * n_frames, self.cache, cross, ctx, keep, recovery, prefill=True
-                            )
+                            self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=True)
                         x0 = x
                     else:
-                        flow = m.dit.forward_block(
-                            x, [t] * n_frames, self.cache, cross, ctx, keep, recovery, prefill=i == 0
-                        )
+                        flow = self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=i == 0)
                         x0 = sched.x0_from_flow(x, flow, sigma)
                     if pruned:
                         assert keep_grid is not None
@@ -331,7 +352,7 @@ class StreamEditor:
                 self.restoration.commit(x0)
                 self.last_latents = x0
                 # The clean t = 0 pass writes the KV cache (and the duplication source of the next block).
-                m.dit.forward_block(x0, [0.0] * n_frames, self.cache, cross, ctx, keep, recovery, memory=True)
+                self._pass(x0, [0.0] * n_frames, cross, ctx, keep, recovery, memory=True)
             with timer.stage("decode"):
                 pix = self.decoder(x0.to(m.autoencoder_dtype))  # [1, T_out, 3, H, W] in [0, 1]
             out = pix[0].permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)

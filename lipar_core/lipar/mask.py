@@ -130,10 +130,12 @@ class PruneMasker:
         geometry: stream geometry (patch, token grid, strides).
     """
 
-    def __init__(self, config: LiparConfig, geometry: StreamGeometry) -> None:
+    def __init__(self, config: LiparConfig, geometry: StreamGeometry, use_cuda_graph: bool = True) -> None:
         self.config = config
         self.geometry = geometry
         self.patch_hw = (geometry.patch[1], geometry.patch[2])
+        self.use_cuda_graph = use_cuda_graph
+        self._gauss: dict[torch.device, torch.Tensor] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -144,6 +146,9 @@ class PruneMasker:
         self._k_hist: torch.Tensor | None = None  # [B, 2, gh, gw] thresholded masks of the last 2 frames
         self._o_hist: torch.Tensor | None = None  # [B, 1, gh, gw] opened/closed mask of the last frame
         self._ref: torch.Tensor | None = None  # [B, 1, C, h, w] drift reference latent
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._cur_static: torch.Tensor | None = None
+        self._out_static: torch.Tensor | None = None
 
     def _token_size(self, pixel: bool) -> tuple[int, int]:
         """Size of one token in the compared tensor (latent cells, or pixels for the pixel source)."""
@@ -195,7 +200,6 @@ class PruneMasker:
             keep [B, F, gh, gw] bool.
         """
         cfg = self.config
-        _b, f = latents.shape[:2]
         if cfg.mask_source == "external":
             if force_full:
                 return self._grid_zeros(latents) == 0
@@ -208,11 +212,27 @@ class PruneMasker:
             cur = pixels[:, st - 1 :: st].float()  # last pixel frame of each latent frame's group
         else:
             cur = latents.float()
+        steady = self._ref is not None and self._d_hist is not None and not force_full
+        if steady and cur.is_cuda and self.use_cuda_graph:
+            return self._replay(cur, pixel)
+        out, state = self._compute(cur, pixel, force_full)
+        self._d_hist, self._g_hist, self._k_hist, self._o_hist, self._last, self._ref = state
+        self._graph = None  # the state tensors changed identity: recapture on the next steady call
+        return out
+
+    _State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+    def _compute(self, cur: torch.Tensor, pixel: bool, force_full: bool) -> tuple[torch.Tensor, _State]:
+        """One block: (keep [B, F, gh, gw] bool, new history). Reads the history, never writes it."""
+        cfg = self.config
+        f = cur.shape[1]
         d = self._distances(cur, pixel)  # [B, F, gh, gw]
         d_hist = self._d_hist if self._d_hist is not None else d[:, :1].expand(-1, 2, -1, -1)
         med = causal_window3(torch.cat([d_hist, d], dim=1), f).median(dim=-1).values
         g_hist = self._g_hist if self._g_hist is not None else med[:, :1]
-        gk = gaussian_causal_kernel(1.5, latents.device)
+        gk = self._gauss.get(cur.device)
+        if gk is None:  # built once per device: no host-to-device copy per block (nor inside a CUDA graph)
+            gk = self._gauss[cur.device] = gaussian_causal_kernel(1.5, cur.device)
         seq = _pad_hw(torch.cat([g_hist, med], dim=1), 1)  # [B, F + 1, gh + 2, gw + 2]
         g = F.conv3d(seq.unsqueeze(1), gk[None, None]).squeeze(1)  # [B, F, gh, gw]
         tau = cfg.tau_pixel if pixel else cfg.tau
@@ -232,20 +252,45 @@ class PruneMasker:
         out = dil > 0.5
         if force_full:
             out = torch.ones_like(out)
-
-        # History for the next block.
-        self._d_hist = torch.cat([d_hist, d], dim=1)[:, -2:]
-        self._g_hist = med[:, -1:]
-        self._k_hist = torch.cat([k_hist, kf], dim=1)[:, -2:]
-        self._o_hist = oc[:, -1:]
-        self._last = cur[:, -1:].clone()
-        ref = cur[:, :1].clone() if self._ref is None else self._ref
+        # The drift reference takes, per token, the input the output was last computed from.
+        ref = cur[:, :1] if self._ref is None else self._ref
         ph, pw = self._token_size(pixel)
         for t in range(f):  # F is a handful of frames; each step is one fused where on the device
             kt = out[:, t].repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, None, None]
             ref = torch.where(kt, cur[:, t : t + 1], ref)
-        self._ref = ref
-        return out
+        state = (
+            torch.cat([d_hist, d], dim=1)[:, -2:].contiguous(),
+            med[:, -1:].contiguous(),
+            torch.cat([k_hist, kf], dim=1)[:, -2:].contiguous(),
+            oc[:, -1:].contiguous(),
+            cur[:, -1:].clone(),
+            ref.clone(),
+        )
+        return out, state
+
+    def _replay(self, cur: torch.Tensor, pixel: bool) -> torch.Tensor:
+        """Steady-state block from a CUDA graph (the mask is ~60 small kernels: launch-bound when eager).
+
+        The graph reads the history buffers and writes the new history into them in place, so each replay
+        advances the stream exactly as the eager path does. Captured on the first steady call.
+        """
+        if self._graph is None or self._cur_static is None or self._cur_static.shape != cur.shape:
+            self._cur_static = cur.clone()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out, state = self._compute(self._cur_static, pixel, False)
+                for dst, src in zip(self._state_buffers(), state, strict=True):
+                    dst.copy_(src)
+            self._graph, self._out_static = g, out
+        self._cur_static.copy_(cur)
+        self._graph.replay()
+        assert self._out_static is not None
+        return self._out_static.clone()
+
+    def _state_buffers(self) -> _State:
+        assert self._d_hist is not None and self._g_hist is not None and self._k_hist is not None
+        assert self._o_hist is not None and self._last is not None and self._ref is not None
+        return (self._d_hist, self._g_hist, self._k_hist, self._o_hist, self._last, self._ref)
 
     def _external(self, external: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
         if external is None:

@@ -42,6 +42,8 @@ class BlockContext:
         cos, sin: RoPE tables of the block's tokens, each [F * tokens_per_frame, 1, head_dim // 2] float32.
         token_index: cache token index of each block token, [F * tokens_per_frame] int64.
         frame_of_token: latent frame (0..F-1) of each block token, [F * tokens_per_frame] int64.
+        index_writes: write K/V through ``token_index`` even where the slots are contiguous (CUDA graphs: the
+            positions must live in a device tensor, not in Python slice bounds).
     """
 
     plan: BlockPlan
@@ -49,6 +51,7 @@ class BlockContext:
     sin: torch.Tensor
     token_index: torch.Tensor
     frame_of_token: torch.Tensor
+    index_writes: bool = False
 
 
 class CausalWanDiT(torch.nn.Module):
@@ -183,7 +186,7 @@ class CausalWanDiT(torch.nn.Module):
         tpf = cache.tokens_per_frame
         kt = k_rot.transpose(1, 2)
         vt = v.transpose(1, 2)
-        if plan.contiguous:
+        if plan.contiguous and not ctx.index_writes:
             a = plan.slots[0] * tpf
             b = a + plan.num_frames * tpf
             cache.k[layer][:, :, a:b].copy_(kt)
