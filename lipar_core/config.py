@@ -11,7 +11,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping; ValueError with a one-line reason otherwise."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {p} must hold a mapping at the top level")
+    return data
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """A pydantic error on one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
 
 
 class _Strict(BaseModel):
@@ -162,16 +181,7 @@ class PresetConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> PresetConfig:
         """Load and validate a YAML preset file."""
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text())
-        except OSError as e:
-            raise ValueError(f"cannot read config file {p}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {p} must hold a mapping at the top level")
-        return cls.model_validate(data)
+        return cls.model_validate(read_yaml_mapping(path, "config file"))
 
     def with_overrides(self, **updates: Any) -> PresetConfig:
         """A copy with top-level sections replaced (validated again)."""

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
-import torch.nn.functional as F
 
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
@@ -29,6 +28,7 @@ from lipar_core.lipar.restore import RestorationBuffer
 from lipar_core.models.graphs import GraphedDiT
 from lipar_core.scheduler import make_step_list
 from lipar_core.timing import StageTimer
+from lipar_core.video_io import fit_frames
 
 if TYPE_CHECKING:
     from lipar_core.models.transformer import BlockContext, CrossKV
@@ -268,18 +268,7 @@ class StreamEditor:
         if frames.shape[0] != self.frames_per_block:
             raise ValueError(f"a block has {self.frames_per_block} frames, got {frames.shape[0]}")
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        h, w = x.shape[-2:]
-        if (h, w) != (self.height, self.width):
-            target = self.width / self.height
-            if w / h > target:
-                cw = round(h * target)
-                x = x[..., :, (w - cw) // 2 : (w - cw) // 2 + cw]
-            elif w / h < target:
-                ch = round(w / target)
-                x = x[..., (h - ch) // 2 : (h - ch) // 2 + ch, :]
-            x = F.interpolate(
-                x, size=(self.height, self.width), mode="bilinear", antialias=True, align_corners=False
-            )
+        x = fit_frames(x, self.height, self.width)
         return x.unsqueeze(0)
 
     @torch.no_grad()

@@ -16,6 +16,33 @@ import numpy as np
 import torch
 
 
+def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre-crop float frames [..., C, H, W] to the target aspect ratio, then resize (bilinear, antialiased)
+    to [..., C, height, width]. Frames already at the target size are returned as they are."""
+    h, w = frames.shape[-2:]
+    if (h, w) == (height, width):
+        return frames
+    target = width / height
+    if w / h > target:
+        cw = round(h * target)
+        frames = frames[..., (w - cw) // 2 : (w - cw) // 2 + cw]
+    elif w / h < target:
+        ch = round(w / target)
+        frames = frames[..., (h - ch) // 2 : (h - ch) // 2 + ch, :]
+    lead = frames.shape[:-3]
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    out = torch.nn.functional.interpolate(
+        flat, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out.reshape(*lead, *out.shape[-3:])
+
+
+def fit_uint8_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> uint8 [T, height, width, 3] through :func:`fit_frames`."""
+    x = fit_frames(frames.permute(0, 3, 1, 2).float(), height, width)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
 class VideoInputError(ValueError):
     """The input cannot be read as a video (missing, unreadable, no video stream, corrupt)."""
 

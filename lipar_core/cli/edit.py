@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from lipar_core.checkpoints import CheckpointNotFoundError
+from lipar_core.config import describe_validation_error, read_yaml_mapping
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.video_io import VideoInputError, VideoOutputError, VideoWriter, probe_video, read_frames
 
@@ -133,22 +133,13 @@ def _lipar_settings(base: dict[str, Any], path: str | None, disable: bool) -> Li
     """The preset's LIPAR settings, overridden by a YAML file and/or --no-lipar."""
     data = dict(base)
     if path:
-        try:
-            extra = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise ValueError(f"cannot read LIPAR config {path}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"LIPAR config {path} is not valid YAML: {e}") from None
-        if not isinstance(extra, dict):
-            raise ValueError(f"LIPAR config {path} must hold a mapping")
-        data.update(extra)
+        data.update(read_yaml_mapping(path, "LIPAR config"))
     if disable:
         data["enabled"] = False
     try:
         return LiparConfig.model_validate(data)
     except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ValueError(f"invalid LIPAR settings: {errs}") from None
+        raise ValueError(f"invalid LIPAR settings: {describe_validation_error(e)}") from None
 
 
 def _block_json(st: Any) -> dict[str, Any]:
@@ -181,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stats_json:
             Path(args.stats_json).write_text(json.dumps(stats, indent=2))
     except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        sys.stderr.write(f"lipar-edit: error: invalid configuration: {errs}\n")
+        sys.stderr.write(f"lipar-edit: error: invalid configuration: {describe_validation_error(e)}\n")
         return 2
     except (VideoInputError, VideoOutputError, CheckpointNotFoundError, ValueError) as e:
         msg = str(e).strip().splitlines()
