@@ -345,7 +345,15 @@ class StreamEditor:
             with timer.stage("decode"):
                 pix = self.decoder(x0.to(m.autoencoder_dtype))  # [1, T_out, 3, H, W] in [0, 1]
             out = pix[0].permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-            out = out.to("cpu", non_blocking=False)
+            if out.is_cuda:
+                # Pinned host memory (PyTorch's caching host allocator): a 832x480 block is 14 MB, which takes
+                # 8.8 ms into pageable memory on an H200 and about a tenth of that pinned.
+                host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+                host.copy_(out, non_blocking=True)
+                torch.cuda.current_stream(out.device).synchronize()
+                out = host
+            else:
+                out = out.cpu()
         stats = BlockStats(
             index=self.block_index,
             ms=timer.finish(),
