@@ -98,6 +98,7 @@ def test_errors_are_one_line_and_leave_no_output(
     unreadable.chmod(0)
     if not os.access(unreadable, os.R_OK):  # root can read anything; the check only means something otherwise
         assert "not readable" in _err([str(unreadable), "-p", "x", "-o", str(out)], capsys)
+    assert "not a file" in _err([str(tmp_path), "-p", "x", "-o", str(out)], capsys)  # a directory as input
     assert "does not exist" in _err([str(clip), "-p", "x", "-o", str(tmp_path / "nodir" / "o.mp4")], capsys)
     assert "directory" in _err([str(clip), "-p", "x", "-o", str(tmp_path)], capsys)
     bad = tmp_path / "l.yaml"
