@@ -1,0 +1,1 @@
+"""Route modules: ``health`` (probes, metrics) and ``sessions`` (v1)."""

@@ -1,0 +1,98 @@
+"""The Prometheus metric contract. Names are stable; change them only with a deprecation note.
+
+Runs in the server process. Each app owns its :class:`Metrics` with its own registry, so several apps (tests,
+several nodes in one process) never collide. Exposed at ``GET /metrics``.
+
+| name | type | meaning |
+|---|---|---|
+| ``lipar_time_to_first_frame_seconds`` | histogram | offer answered → first edited frame handed to the encoder |
+| ``lipar_frame_interval_seconds`` | histogram | time between consecutive edited frames sent, per session |
+| ``lipar_glass_to_glass_latency_seconds`` | histogram | input frame decoded on the server → its edited frame sent (the server's share of glass-to-glass) |
+| ``lipar_block_stage_seconds{stage}`` | histogram | per-block model time by stage: encode, mask, dit, decode, total |
+| ``lipar_prune_ratio`` | histogram | fraction of latent tokens pruned (not recomputed) per block |
+| ``lipar_sessions_active`` | gauge | sessions owned by this node in state streaming |
+| ``lipar_sessions_queued`` | gauge | sessions admitted on this node and not yet streaming (created, connecting) |
+| ``lipar_queue_frames{queue}`` | gauge | frames waiting now: ``inbound`` rings, ``outbound`` send queues |
+| ``lipar_frames_in_total`` | counter | frames received and decoded |
+| ``lipar_frames_out_total`` | counter | edited frames sent |
+| ``lipar_frames_dropped_total{where}`` | counter | frames dropped: ``inbound`` ring overflow, ``outbound`` queue overflow |
+| ``lipar_sessions_created_total`` | counter | sessions created on this node |
+| ``lipar_sessions_failed_total{cause}`` | counter | sessions failed: ``worker``, ``rtc``, ``node``, ``model`` |
+| ``lipar_sessions_rejected_total`` | counter | creations refused with 503 (no capacity) |
+| ``lipar_worker_restarts_total{device}`` | counter | worker processes restarted after a crash |
+| ``lipar_workers_up`` | gauge | worker processes with a loaded model |
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_INTERVAL_BUCKETS = (0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
+_TTFF_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
+_STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class Metrics:
+    """All metrics of one server process, registered on a private registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.time_to_first_frame = Histogram(
+            "lipar_time_to_first_frame_seconds",
+            "Offer answered to first edited frame sent",
+            buckets=_TTFF_BUCKETS,
+            registry=r,
+        )
+        self.frame_interval = Histogram(
+            "lipar_frame_interval_seconds",
+            "Time between consecutive edited frames sent",
+            buckets=_INTERVAL_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "lipar_glass_to_glass_latency_seconds",
+            "Input frame decoded on the server to its edited frame sent",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "lipar_block_stage_seconds",
+            "Model time per block by stage",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.prune_ratio = Histogram(
+            "lipar_prune_ratio",
+            "Fraction of latent tokens pruned per block",
+            buckets=_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.sessions_active = Gauge("lipar_sessions_active", "Sessions streaming on this node", registry=r)
+        self.sessions_queued = Gauge(
+            "lipar_sessions_queued", "Sessions admitted on this node and not yet streaming", registry=r
+        )
+        self.queue_frames = Gauge("lipar_queue_frames", "Frames waiting now", ["queue"], registry=r)
+        self.frames_in = Counter("lipar_frames_in_total", "Frames received and decoded", registry=r)
+        self.frames_out = Counter("lipar_frames_out_total", "Edited frames sent", registry=r)
+        self.frames_dropped = Counter("lipar_frames_dropped_total", "Frames dropped", ["where"], registry=r)
+        self.sessions_created = Counter("lipar_sessions_created_total", "Sessions created", registry=r)
+        self.sessions_failed = Counter(
+            "lipar_sessions_failed_total", "Sessions failed", ["cause"], registry=r
+        )
+        self.sessions_rejected = Counter(
+            "lipar_sessions_rejected_total", "Session creations refused for lack of capacity", registry=r
+        )
+        self.worker_restarts = Counter(
+            "lipar_worker_restarts_total", "Worker processes restarted after a crash", ["device"], registry=r
+        )
+        self.workers_up = Gauge("lipar_workers_up", "Worker processes with a loaded model", registry=r)
+        for where in ("inbound", "outbound"):
+            self.frames_dropped.labels(where=where)
+            self.queue_frames.labels(queue=where)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

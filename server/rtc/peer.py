@@ -1,0 +1,82 @@
+"""One aiortc peer connection per session: the browser's offer in, our answer out. Server process, event loop.
+
+The browser offers one video m-line (sendrecv): its webcam comes in on it and the edited video goes back on
+the same transceiver. aiortc gathers every candidate before it answers (no trickle ICE), so the answer is
+complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+
+from server.rtc.codecs import Codec, prefer_codec
+
+log = logging.getLogger(__name__)
+
+
+class BadOffer(ValueError):
+    """The SDP offer cannot be used; the message says why (HTTP 400)."""
+
+
+class SessionPeer:
+    """The peer connection of one session."""
+
+    def __init__(
+        self,
+        config: RTCConfiguration,
+        codec: Codec,
+        out_track: MediaStreamTrack,
+        on_remote_video: Callable[[MediaStreamTrack], None],
+        on_state: Callable[[str], None],
+    ) -> None:
+        self.pc = RTCPeerConnection(configuration=config)
+        self.codec = codec
+        self.out_track = out_track
+        self._on_remote_video = on_remote_video
+        self._on_state = on_state
+
+        @self.pc.on("track")
+        def _track(track: MediaStreamTrack) -> None:
+            if track.kind == "video":
+                self._on_remote_video(track)
+
+        @self.pc.on("connectionstatechange")
+        async def _state() -> None:
+            self._on_state(self.pc.connectionState)
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the offer and return the SDP answer; :class:`BadOffer` when the offer is unusable."""
+        if "m=video" not in offer_sdp:
+            raise BadOffer("the offer has no video m-line; offer a sendrecv video transceiver")
+        transceiver = self.pc.addTransceiver(self.out_track, direction="sendrecv")
+        prefer_codec(transceiver, self.codec)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # aiortc raises ValueError, OperationError, InvalidStateError, ...
+            raise BadOffer(f"cannot apply the SDP offer: {e or type(e).__name__}") from None
+        if transceiver.mid is None:
+            raise BadOffer("the offer's video m-line could not be matched")
+        remote = transceiver.receiver.track
+        if remote is None or transceiver.direction not in ("sendrecv", "recvonly"):
+            raise BadOffer("the offer does not send video; offer a sendrecv video transceiver")
+        self._on_remote_video(remote)  # idempotent with the "track" event
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription.sdp
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        await self.pc.close()
+
+    async def discard(self) -> None:
+        """Close a connection whose offer failed, without reporting state changes to the session."""
+        self._on_state = lambda state: None
+        self._on_remote_video = lambda track: None
+        await self.pc.close()

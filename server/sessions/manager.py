@@ -1,0 +1,374 @@
+"""Session lifecycle on one node. Server process, event loop.
+
+The manager is the only writer of the sessions this node owns: it admits them on a worker, answers their
+offers, forwards prompt and parameter changes (locally, or to the owner node through the store's control
+channel), ends them on DELETE, idle timeout, worker crash or connection loss, and keeps their records' state
+and stats fresh in the store. A housekeeping task also heartbeats the node and marks the sessions of nodes
+whose heartbeat expired as ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from server.api.schemas import TERMINAL_STATES, SessionCreate, SessionPatch
+from server.metrics import Metrics
+from server.rtc.ice import rtc_configuration
+from server.rtc.peer import BadOffer
+from server.sessions.errors import BadRequest, Invalid, NoCapacity, NotFound, WrongState
+from server.sessions.live import LiveSession
+from server.sessions.store import Record, SessionStore
+from server.settings import Settings
+from server.worker import messages as m
+from server.worker.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+_HOUSEKEEPING_S = 0.5
+
+
+class SessionManager:
+    """Creates, controls and ends sessions; owns the :class:`LiveSession` s of this node."""
+
+    def __init__(self, settings: Settings, store: SessionStore, pool: WorkerPool, metrics: Metrics) -> None:
+        self.settings, self.store, self.pool, self.metrics = settings, store, pool, metrics
+        self.node_id = settings.node_id
+        self.live: dict[str, LiveSession] = {}
+        self.rtc_config = rtc_configuration(settings.ice_servers)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_beat = 0.0
+        pool.on_block = self._on_block
+        pool.on_error = self._on_worker_error
+        pool.on_lost = self._on_worker_lost
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Subscribe to this node's control channel and start housekeeping."""
+        await self.store.subscribe_controls(self.node_id, self._on_control)
+        await self._heartbeat()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="session-housekeeping"))
+
+    async def stop(self) -> None:
+        """Close every local session (state ``closed``, reason: server shutdown)."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sid in list(self.live):
+            await self._end(sid, "closed", "the server shut down")
+
+    # ---- API operations --------------------------------------------------------------------------------
+    async def create(self, req: SessionCreate) -> Record:
+        """Admit a session on this node's least-loaded worker; :class:`NoCapacity` when none has room."""
+        if len(req.prompt) > self.settings.max_prompt_chars:
+            raise Invalid(
+                f"prompt: {len(req.prompt)} characters is over the limit of {self.settings.max_prompt_chars}"
+            )
+        sid = uuid.uuid4().hex
+        node_id, base_url = self.node_id, self.settings.advertised_url
+        lipar = req.lipar.overrides() if req.lipar is not None else None
+        if self.pool.open_session(sid, req.prompt, req.seed, req.strength, req.steps, lipar):
+            self.live[sid] = self._new_live(sid, req.prompt)
+        else:
+            other = await self._node_with_room()
+            if other is None:
+                self.metrics.sessions_rejected.inc()
+                if not self.pool.ready:
+                    raise NoCapacity("the model is still loading; retry shortly", retry_after_s=5)
+                raise NoCapacity(
+                    f"all {self.pool.total_capacity()} session slots of this node are busy; retry later",
+                    retry_after_s=10,
+                )
+            node_id, base_url = str(other["node_id"]), str(other["public_url"]).rstrip("/")
+            log.info("session %s placed on node %s (this node is full)", sid, node_id)
+        now = time.time()
+        record: Record = {
+            "id": sid,
+            "state": "created",
+            "reason": None,
+            "node_id": node_id,
+            "offer_url": f"{base_url}/v1/sessions/{sid}/offer",
+            "prompt": req.prompt,
+            "seed": req.seed,
+            "strength": req.strength,
+            "steps": req.steps,
+            "lipar": lipar,
+            "transition": "cut",
+            "blend_blocks": 0,
+            "last_error": None,
+            "created_at": now,
+            "updated_at": now,
+            "stats": self.live[sid].stats() if sid in self.live else {},
+        }
+        await self.store.create(record)
+        self.metrics.sessions_created.inc()
+        log.info("session %s created for node %s", sid, node_id)
+        return record
+
+    def _new_live(self, sid: str, prompt: str) -> LiveSession:
+        return LiveSession(
+            sid,
+            prompt,
+            self.pool,
+            self.metrics,
+            self.rtc_config,
+            self.settings.video_codec,
+            self._on_live_state,
+        )
+
+    async def _node_with_room(self) -> Record | None:
+        """Another live node (store heartbeats) with free session slots, the emptiest first; None if none."""
+        others = [
+            n for n in await self.store.nodes() if n.get("node_id") != self.node_id and n.get("free", 0) > 0
+        ]
+        return max(others, key=lambda n: (n["free"], n["node_id"]), default=None)
+
+    async def get(self, session_id: str) -> Record:
+        """The record, with live stats when this node owns the session."""
+        r = await self.store.get(session_id)
+        if r is None:
+            raise NotFound(f"no session {session_id}")
+        live = self.live.get(session_id)
+        if live is not None:
+            r["stats"] = live.stats()
+        return r
+
+    async def list_all(self) -> list[Record]:
+        """Every session known to the store (all nodes), with live stats for local ones."""
+        out = await self.store.list_all()
+        for r in out:
+            live = self.live.get(r["id"])
+            if live is not None:
+                r["stats"] = live.stats()
+        return out
+
+    async def offer(self, session_id: str, sdp: str) -> str:
+        """Answer the session's WebRTC offer (on the owner node only)."""
+        r = await self.get(session_id)
+        if r["node_id"] != self.node_id:
+            raise WrongState(
+                f"session {session_id} is served by node {r['node_id']}: send the offer to {r['offer_url']}"
+            )
+        live = self.live.get(session_id)
+        if live is None and r["state"] == "created":
+            # placed here by another node: admit it on a local worker now
+            if not self.pool.open_session(
+                session_id, r["prompt"], r["seed"], r["strength"], r["steps"], r.get("lipar")
+            ):
+                self.metrics.sessions_rejected.inc()
+                raise NoCapacity("this node filled up since the session was placed here; retry later", 10)
+            live = self.live[session_id] = self._new_live(session_id, r["prompt"])
+        if live is None or r["state"] in TERMINAL_STATES:
+            raise WrongState(f"session {session_id} is {r['state']}: create a new session")
+        if r["state"] != "created" or live.peer is not None:
+            raise WrongState(f"session {session_id} already has a connection (state {r['state']})")
+        try:
+            return await live.answer(sdp)
+        except BadOffer as e:
+            raise BadRequest(str(e)) from None
+
+    async def patch(self, session_id: str, req: SessionPatch) -> Record:
+        """Change prompt/params; the owner's worker applies it at the next block boundary."""
+        if req.prompt is not None and len(req.prompt) > self.settings.max_prompt_chars:
+            raise Invalid(
+                f"prompt: {len(req.prompt)} characters is over the limit of {self.settings.max_prompt_chars}"
+            )
+        r = await self.store.get(session_id)
+        if r is None:
+            raise NotFound(f"no session {session_id}")
+        if r["state"] in TERMINAL_STATES:
+            raise WrongState(f"session {session_id} is {r['state']}; it cannot change")
+        fields: Record = {k: v for k, v in req.model_dump(exclude_unset=True).items() if v is not None}
+        control = req.model_dump(exclude_unset=True)
+        if r["node_id"] == self.node_id:
+            self._apply_control(session_id, control)
+        else:
+            await self.store.publish_control(
+                r["node_id"], {"op": "patch", "session_id": session_id, **control}
+            )
+        updated = await self.store.update(session_id, fields)
+        if updated is None:
+            raise NotFound(f"no session {session_id}")
+        return await self.get(session_id)
+
+    async def delete(self, session_id: str) -> None:
+        """End the session and free its worker state; the record is removed."""
+        r = await self.store.get(session_id)
+        if r is None:
+            raise NotFound(f"no session {session_id}")
+        if r["node_id"] == self.node_id:
+            await self._end(session_id, "closed", "deleted by the client", keep_record=False)
+        else:
+            await self.store.publish_control(r["node_id"], {"op": "delete", "session_id": session_id})
+        await self.store.delete(session_id)
+
+    # ---- control plumbing ------------------------------------------------------------------------------
+    def _apply_control(self, session_id: str, control: dict[str, Any]) -> None:
+        live = self.live.get(session_id)
+        if live is None:
+            return
+        prompt = control.get("prompt")
+        cid = live.next_control_id(prompt)
+        if prompt is not None:
+            self.pool.control(
+                session_id,
+                m.SetPrompt(
+                    session_id,
+                    prompt,
+                    control.get("transition", "cut"),
+                    int(control.get("blend_blocks", 0)),
+                    control_id=cid,
+                ),
+            )
+        if any(control.get(k) is not None for k in ("seed", "strength", "steps")):
+            self.pool.control(
+                session_id,
+                m.SetParams(
+                    session_id, control.get("seed"), control.get("strength"), control.get("steps"), cid
+                ),
+            )
+
+    async def _on_control(self, message: dict[str, Any]) -> None:
+        """A control message from another node (store pub/sub), for a session this node owns."""
+        sid = str(message.get("session_id", ""))
+        op = message.get("op")
+        if sid not in self.live:
+            log.warning("control %s for session %s that this node does not serve", op, sid)
+            return
+        if op == "patch":
+            self._apply_control(sid, {k: v for k, v in message.items() if k not in ("op", "session_id")})
+        elif op == "delete":
+            await self._end(sid, "closed", "deleted by the client", keep_record=False)
+
+    # ---- callbacks from the pool and the live sessions (event loop) ------------------------------------
+    def _on_block(self, session_id: str, msg: m.BlockDone, frames: np.ndarray) -> None:
+        live = self.live.get(session_id)
+        if live is not None:
+            live.on_block(msg, frames)
+
+    def _on_worker_error(self, session_id: str, message: str, fatal: bool) -> None:
+        if fatal:
+            self._spawn(self._fail(session_id, message, "model"))
+        else:
+            self._spawn(self.store.update(session_id, {"last_error": message}))
+
+    def _on_worker_lost(self, session_ids: set[str], reason: str) -> None:
+        for sid in sorted(session_ids):
+            self._spawn(self._fail(sid, reason, "worker"))
+
+    def _on_live_state(self, session_id: str, state: str, reason: str | None) -> None:
+        if state in TERMINAL_STATES:
+            if state == "failed":
+                self._spawn(self._fail(session_id, reason or "failed", "rtc"))
+            else:
+                self._spawn(self._end(session_id, state, reason))
+        else:
+            self._spawn(self.store.update(session_id, {"state": state}))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task failed", exc_info=task.exception())
+
+    async def _fail(self, session_id: str, reason: str, cause: str) -> None:
+        if session_id in self.live:
+            self.metrics.sessions_failed.labels(cause=cause).inc()
+        log.warning("session %s failed: %s", session_id, reason)
+        await self._end(session_id, "failed", reason)
+
+    async def _end(self, session_id: str, state: str, reason: str | None, keep_record: bool = True) -> None:
+        live = self.live.pop(session_id, None)
+        self.pool.close_session(session_id)
+        stats = None
+        if live is not None:
+            await live.close()
+            stats = live.stats()
+            stats["state"] = state
+        if keep_record:
+            fields: Record = {"state": state, "reason": reason}
+            if stats is not None:
+                fields["stats"] = stats
+            if await self.store.update(session_id, fields) is not None:
+                await self.store.expire(session_id, self.settings.record_ttl_s)
+        if live is not None:
+            log.info("session %s %s: %s", session_id, state, reason)
+
+    # ---- housekeeping ----------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat(
+            {
+                "node_id": self.node_id,
+                "public_url": self.settings.advertised_url,
+                "capacity": self.pool.total_capacity(),
+                "free": self.pool.free_capacity(),
+                "active": len(self.live),
+            },
+            self.settings.heartbeat_ttl_s,
+        )
+        self._last_beat = time.monotonic()
+
+    async def _expire_unclaimed(self) -> None:
+        """Close sessions placed on this node by another node whose offer never came."""
+        limit = time.time() - self.settings.idle_timeout_s
+        for r in await self.store.list_all():
+            if (
+                r["node_id"] == self.node_id
+                and r["state"] == "created"
+                and r["id"] not in self.live
+                and r["created_at"] < limit
+            ):
+                reason = f"idle timeout: no offer within {self.settings.idle_timeout_s:g} s"
+                if await self.store.update(r["id"], {"state": "closed", "reason": reason}) is not None:
+                    await self.store.expire(r["id"], self.settings.record_ttl_s)
+
+    async def _housekeeping(self) -> None:
+        """Idle timeouts, stats to the store, gauges, heartbeat and dead-node sweep (until cancelled)."""
+        beat_every = self.settings.heartbeat_ttl_s / 3.0
+        while True:
+            try:
+                await self._tick(beat_every)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("housekeeping failed; retrying")
+            await asyncio.sleep(_HOUSEKEEPING_S)
+
+    async def _tick(self, beat_every: float) -> None:
+        now = time.monotonic()
+        for sid, live in list(self.live.items()):
+            if now - live.last_activity > self.settings.idle_timeout_s:
+                await self._end(
+                    sid, "closed", f"idle timeout: no video for {self.settings.idle_timeout_s:g} s"
+                )
+            else:
+                await self.store.update(sid, {"stats": live.stats(), "state": live.state})
+        states = [lv.state for lv in self.live.values()]
+        self.metrics.sessions_active.set(states.count("streaming"))
+        self.metrics.sessions_queued.set(states.count("created") + states.count("connecting"))
+        self.metrics.queue_frames.labels(queue="inbound").set(sum(len(lv.ring) for lv in self.live.values()))
+        self.metrics.queue_frames.labels(queue="outbound").set(
+            sum(lv.out.queued for lv in self.live.values())
+        )
+        if now - self._last_beat >= beat_every:
+            await self._heartbeat()
+            await self._expire_unclaimed()
+            for node_id, sid in await self.store.orphans():
+                if node_id == self.node_id:
+                    continue
+                reason = f"node {node_id} stopped sending heartbeats; its sessions are lost"
+                self.metrics.sessions_failed.labels(cause="node").inc()
+                if await self.store.update(sid, {"state": "failed", "reason": reason}) is not None:
+                    await self.store.expire(sid, self.settings.record_ttl_s)
+                log.warning("session %s failed: %s", sid, reason)

@@ -1,0 +1,75 @@
+"""The session store interface: session records, node heartbeats, control messages between nodes.
+
+Runs in the server process (asyncio). A record is a flat JSON-able ``dict`` with the fields of
+``server.api.schemas.Session``; :meth:`SessionStore.update` changes named fields only, so the owner node's
+stats updates and another node's PATCH never overwrite each other.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Record = dict[str, Any]
+ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class SessionStore(ABC):
+    """Where session records live and how nodes reach each other."""
+
+    kind: str = "abstract"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect (called once at server start)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect (called once at shutdown)."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers."""
+
+    @abstractmethod
+    async def create(self, record: Record) -> None:
+        """Store a new record (``record["id"]`` is fresh)."""
+
+    @abstractmethod
+    async def get(self, session_id: str) -> Record | None:
+        """The record, or None."""
+
+    @abstractmethod
+    async def list_all(self) -> list[Record]:
+        """Every live record, oldest first."""
+
+    @abstractmethod
+    async def update(self, session_id: str, fields: Record) -> Record | None:
+        """Set these fields (and ``updated_at``); None if the record does not exist (never re-creates it)."""
+
+    @abstractmethod
+    async def delete(self, session_id: str) -> bool:
+        """Remove the record; False if it did not exist."""
+
+    @abstractmethod
+    async def expire(self, session_id: str, ttl_s: float) -> None:
+        """Let a finished record disappear after ``ttl_s`` seconds."""
+
+    @abstractmethod
+    async def heartbeat(self, node: Record, ttl_s: float) -> None:
+        """Announce this node (``node["node_id"]``, capacity, active, public URL) for ``ttl_s`` seconds."""
+
+    @abstractmethod
+    async def nodes(self) -> list[Record]:
+        """Nodes with a live heartbeat."""
+
+    @abstractmethod
+    async def publish_control(self, node_id: str, message: Record) -> None:
+        """Deliver a control message to the node that owns a session."""
+
+    @abstractmethod
+    async def subscribe_controls(self, node_id: str, handler: ControlHandler) -> None:
+        """Call ``handler`` for every control message addressed to ``node_id`` (until :meth:`close`)."""
+
+    @abstractmethod
+    async def orphans(self) -> list[tuple[str, str]]:
+        """``(node_id, session_id)`` of unfinished sessions whose owner's heartbeat has expired."""

@@ -1,0 +1,87 @@
+"""How a worker process builds one editor per session. Runs in the worker process.
+
+The production factory is :class:`LiparEditorFactory` (``lipar_core``): the model bundle is loaded once per
+worker and shared by every session's :class:`lipar_core.editor.StreamEditor`. The pool names the factory by
+import path (``"module:attr"``) because the worker is a spawned process; tests of the pool's lifecycle may
+name another factory with the same interface, production code never does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FACTORY = "server.worker.editors:LiparEditorFactory"
+
+
+class Editor(Protocol):
+    """The per-session editor interface (``lipar_core.editor.StreamEditor``)."""
+
+    frames_per_block: int
+    height: int
+    width: int
+
+    def process_block(self, frames: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """``frames`` uint8 ``[T, H_in, W_in, 3]`` → (uint8 ``[T_out, height, width, 3]``, BlockStats)."""
+        ...
+
+    def set_prompt(self, prompt: str, transition: Any = "cut", blend_blocks: int = 0) -> None:
+        """Switch the prompt at the next block boundary."""
+        ...
+
+    def set_params(
+        self, seed: int | None = None, strength: float | None = None, steps: int | None = None
+    ) -> None:
+        """Change parameters at the next block; ValueError on bad values."""
+        ...
+
+
+class EditorFactory(Protocol):
+    """Loads the model once (in ``__init__(config, device)``) and makes editors that share it."""
+
+    frames_per_block: int
+    height: int
+    width: int
+
+    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> Editor:
+        """A fresh editor for one session (``lipar``: overrides of the preset's LIPAR settings)."""
+        ...
+
+
+class LiparEditorFactory:
+    """The production factory: ``lipar_core`` presets and ``StreamEditor``."""
+
+    def __init__(self, config: str, device: str) -> None:
+        from lipar_core.presets import get_preset_config, load_preset
+
+        preset = get_preset_config(config)  # a preset name or a YAML path
+        runtime = preset.runtime.model_dump()
+        runtime["device"] = device
+        preset = preset.with_overrides(runtime=runtime)
+        self.models = load_preset(preset)
+        probe = self.new("warm-up", 0)
+        self.frames_per_block = int(probe.frames_per_block)
+        self.height, self.width = int(probe.height), int(probe.width)
+        del probe
+
+    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> Editor:
+        """A fresh ``StreamEditor`` sharing this worker's models; ``lipar`` overrides the preset's settings."""
+        from lipar_core.editor import StreamEditor
+        from lipar_core.lipar.config import LiparConfig
+
+        settings = LiparConfig.model_validate({**self.models.config.lipar, **(lipar or {})})
+        editor: Editor = StreamEditor(self.models, prompt=prompt, seed=seed, lipar=settings)
+        return editor
+
+
+def make_factory(path: str, config: str, device: str) -> EditorFactory:
+    """Import ``"module:attr"`` and call it with ``(config, device)``."""
+    module, _, attr = path.partition(":")
+    obj = getattr(importlib.import_module(module), attr)
+    factory: EditorFactory = obj(config, device)
+    return factory

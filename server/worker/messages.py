@@ -1,0 +1,149 @@
+"""Messages between the server process and a worker process, pickled through ``multiprocessing`` queues.
+
+Controls (open/close, prompt, params, stop) and block submissions share one ordered queue per worker. The
+worker drains every queued message before it starts a block, so a control sent before a block is submitted
+is applied before that block: prompt and parameter changes take effect at the next block boundary. Frames
+never travel in messages; they stay in the shared-memory slab (:mod:`server.worker.ipc`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Transition = Literal["cut", "smooth"]
+
+
+# ---- server → worker -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttachSlab:
+    """Attach the shared-memory slab ``name`` holding ``n_slots`` slots of ``slot_frames`` frames."""
+
+    name: str
+    n_slots: int
+    slot_frames: int
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    """Create the session's editor (its KV cache and stream state live in the worker until closed)."""
+
+    session_id: str
+    prompt: str
+    seed: int = 0
+    strength: float | None = None
+    steps: int | None = None
+    lipar: dict[str, Any] | None = None  # overrides of the preset's LIPAR settings (validated by the API)
+
+
+@dataclass(frozen=True)
+class CloseSession:
+    """Drop the session's editor and everything it holds."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SetPrompt:
+    """Change the prompt at the next block boundary (see ``StreamEditor.set_prompt``)."""
+
+    session_id: str
+    prompt: str
+    transition: Transition = "cut"
+    blend_blocks: int = 0
+    control_id: int = 0
+
+
+@dataclass(frozen=True)
+class SetParams:
+    """Change seed / strength / steps at the next block boundary; ``None`` keeps the current value."""
+
+    session_id: str
+    seed: int | None = None
+    strength: float | None = None
+    steps: int | None = None
+    control_id: int = 0
+
+
+@dataclass(frozen=True)
+class SubmitBlock:
+    """Slot ``slot`` holds ``n_frames`` input frames ``[T, H, W, 3]`` uint8 RGB for the session's block ``seq``."""
+
+    session_id: str
+    seq: int
+    slot: int
+    n_frames: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Finish the current block and exit with code 0."""
+
+
+# ---- worker → server -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerReady:
+    """The model is loaded; ``frames_per_block``, ``height``, ``width`` describe every block of this worker."""
+
+    pid: int
+    frames_per_block: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class BlockDone:
+    """Slot ``slot`` now holds ``n_frames`` edited frames ``[T_out, height, width, 3]`` of block ``seq``.
+
+    ``control_id`` is the id of the last control (SetPrompt/SetParams) applied before this block.
+    """
+
+    session_id: str
+    seq: int
+    slot: int
+    n_frames: int
+    index: int
+    ms: dict[str, float] = field(default_factory=dict)
+    prune_ratio: float = 0.0
+    control_id: int = 0
+    mask_grid: tuple[int, ...] | None = (
+        None  # (latent frames, grid rows, grid cols) of the block's token mask
+    )
+    mask_bits: bytes | None = None  # numpy.packbits of the mask in C order (True = recomputed)
+
+
+@dataclass(frozen=True)
+class SessionError:
+    """A control or block of one session failed; ``fatal`` means the session cannot go on.
+
+    ``slot`` is the slot of the failed block (to be freed), or -1.
+    """
+
+    session_id: str
+    message: str
+    fatal: bool
+    slot: int = -1
+
+
+@dataclass(frozen=True)
+class SlotsFreed:
+    """The worker dropped these slots unprocessed (their session was closed); the server may reuse them."""
+
+    session_id: str
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """The worker could not start (e.g. the model failed to load); it exits non-zero after sending this."""
+
+    message: str
+
+
+ToWorker = AttachSlab | OpenSession | CloseSession | SetPrompt | SetParams | SubmitBlock | Stop
+FromWorker = WorkerReady | BlockDone | SessionError | SlotsFreed | WorkerFailed
+
+
+def describe(msg: Any) -> str:
+    """Short log form of a message."""
+    return type(msg).__name__

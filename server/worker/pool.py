@@ -1,0 +1,431 @@
+"""The worker pool: starts one worker process per device, places sessions, moves blocks, restarts crashes.
+
+Runs in the server process. All state is touched only from the asyncio event loop thread; two kinds of helper
+threads (one result reader per worker, one process watcher) only forward what they see into the loop with
+``call_soon_threadsafe``. A worker that exits unexpectedly (non-zero exit code, killed, vanished) has its
+sessions reported lost (the session manager marks them ``failed`` with the reason), ``worker_restarts``
+increments and a new process is started, with exponential backoff if it keeps dying (no restart loops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import numpy as np
+
+from server.metrics import Metrics
+from server.worker import messages as m
+from server.worker.editors import DEFAULT_FACTORY
+from server.worker.ipc import FrameSlab
+from server.worker.process import worker_main
+
+log = logging.getLogger(__name__)
+
+#: blocks one session may have inside its worker at once. One: the next block is submitted the moment the
+#: previous one comes back (the ring already holds it when the worker is the bottleneck), and a block never
+#: waits inside the worker growing stale while newer frames are in the ring (with several sessions per worker
+#: the worker still always has work: one block per session).
+MAX_INFLIGHT_PER_SESSION = 1
+_POLL_S = 0.25
+_BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class Geometry:
+    """What one worker's blocks look like: ``frames_per_block`` frames of ``height`` × ``width`` RGB."""
+
+    frames_per_block: int
+    height: int
+    width: int
+
+
+@dataclass
+class _Worker:
+    index: int
+    device: str
+    generation: int = 0
+    proc: BaseProcess | None = None
+    ctrl: Any = None
+    results: Any = None
+    ready: bool = False
+    stopping: bool = False
+    geometry: Geometry | None = None
+    slab: FrameSlab | None = None
+    free_slots: list[int] = field(default_factory=list)
+    sessions: set[str] = field(default_factory=set)
+    last_error: str | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+BlockCallback = Callable[[str, m.BlockDone, np.ndarray], None]
+ErrorCallback = Callable[[str, str, bool], None]
+LostCallback = Callable[[set[str], str], None]
+
+
+class WorkerPool:
+    """One worker process per device; the server process's handle on them."""
+
+    def __init__(
+        self,
+        config: str,
+        devices: list[str],
+        sessions_per_worker: int,
+        metrics: Metrics,
+        *,
+        factory: str = DEFAULT_FACTORY,
+        log_level: str = "INFO",
+        start_timeout_s: float = 180.0,
+    ) -> None:
+        self.config, self.factory, self.log_level = config, factory, log_level
+        self.start_timeout_s = start_timeout_s
+        self.capacity = sessions_per_worker
+        self.metrics = metrics
+        self.workers = [_Worker(i, d) for i, d in enumerate(devices)]
+        self._ctx = mp.get_context("spawn")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner: dict[str, _Worker] = {}
+        self._slots: dict[str, set[int]] = {}
+        self._stopping = False
+        self._watcher: threading.Thread | None = None
+        self._ready_event = asyncio.Event()
+        self.on_block: BlockCallback = lambda sid, msg, frames: None
+        self.on_error: ErrorCallback = lambda sid, message, fatal: None
+        self.on_lost: LostCallback = lambda sids, reason: None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker process (returns at once; :attr:`ready` turns true as models finish loading)."""
+        self._loop = asyncio.get_running_loop()
+        self._ready_event = asyncio.Event()
+        for w in self.workers:
+            self._spawn(w)
+        self._watcher = threading.Thread(target=self._watch, name="worker-watcher", daemon=True)
+        self._watcher.start()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker has loaded its model (or ``timeout`` seconds)."""
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask every worker to stop, wait for them (then kill stragglers) and free the shared memory."""
+        self._stopping = True
+        for w in self.workers:
+            w.stopping = True
+            if w.proc is not None and w.proc.is_alive():
+                with contextlib.suppress(OSError, ValueError):
+                    w.ctrl.put(m.Stop())
+        deadline = time.monotonic() + timeout
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            await asyncio.to_thread(w.proc.join, max(0.1, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                log.warning("worker %d did not stop in time; killing it", w.index)
+                w.proc.kill()
+                await asyncio.to_thread(w.proc.join, 5.0)
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join, 2.0)
+        for w in self.workers:
+            if w.slab is not None:
+                w.slab.close()
+                w.slab = None
+            for q in (w.ctrl, w.results):
+                if q is not None:
+                    q.close()
+                    q.cancel_join_thread()
+        self.metrics.workers_up.set(0)
+
+    @property
+    def ready(self) -> bool:
+        """Every worker has its model loaded."""
+        return all(w.ready for w in self.workers)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per-worker state for ``/readyz``."""
+        return [
+            {
+                "index": w.index,
+                "device": w.device,
+                "ready": w.ready,
+                "pid": w.proc.pid if w.proc is not None else None,
+                "sessions": len(w.sessions),
+                "capacity": self.capacity,
+                "restarts": w.restarts,
+                "last_error": w.last_error,
+            }
+            for w in self.workers
+        ]
+
+    def pids(self) -> list[int | None]:
+        """Process ids of the workers (for operators and tests)."""
+        return [w.proc.pid if w.proc is not None else None for w in self.workers]
+
+    # ---- placement -------------------------------------------------------------------------------------
+    def free_capacity(self) -> int:
+        """Sessions this node can still admit on ready workers."""
+        return sum(self.capacity - len(w.sessions) for w in self.workers if w.ready)
+
+    def total_capacity(self) -> int:
+        """Sessions this node admits when every worker is ready."""
+        return self.capacity * len(self.workers)
+
+    def geometry_of(self, session_id: str) -> Geometry:
+        """Block geometry of the worker serving ``session_id``."""
+        g = self._owner[session_id].geometry
+        assert g is not None
+        return g
+
+    def open_session(
+        self,
+        session_id: str,
+        prompt: str,
+        seed: int,
+        strength: float | None,
+        steps: int | None,
+        lipar: dict[str, Any] | None = None,
+    ) -> bool:
+        """Place the session on the least-loaded ready worker with room; False when none has room."""
+        candidates = [w for w in self.workers if w.ready and len(w.sessions) < self.capacity]
+        if not candidates:
+            return False
+        w = min(candidates, key=lambda w: (len(w.sessions), w.index))
+        w.sessions.add(session_id)
+        self._owner[session_id] = w
+        self._slots[session_id] = set()
+        self._send(w, m.OpenSession(session_id, prompt, seed, strength, steps, lipar))
+        return True
+
+    def close_session(self, session_id: str) -> None:
+        """Free the session's editor in its worker (idempotent)."""
+        w = self._owner.pop(session_id, None)
+        if w is None:
+            return
+        w.sessions.discard(session_id)
+        self._send(w, m.CloseSession(session_id))
+
+    def control(self, session_id: str, msg: m.SetPrompt | m.SetParams) -> bool:
+        """Send a prompt or parameter change; applied by the worker at the next block boundary."""
+        w = self._owner.get(session_id)
+        if w is None:
+            return False
+        self._send(w, msg)
+        return True
+
+    def inflight(self, session_id: str) -> int:
+        """Blocks of this session inside its worker now."""
+        return len(self._slots.get(session_id, ()))
+
+    def submit(self, session_id: str, seq: int, frames: np.ndarray) -> bool:
+        """Copy one block ``[T, H, W, 3]`` uint8 into a free slot and hand it to the worker.
+
+        False (nothing sent) when the session has ``MAX_INFLIGHT_PER_SESSION`` blocks inside or no slot is free.
+        """
+        w = self._owner.get(session_id)
+        if (
+            w is None
+            or w.slab is None
+            or not w.free_slots
+            or self.inflight(session_id) >= MAX_INFLIGHT_PER_SESSION
+        ):
+            return False
+        slot = w.free_slots.pop()
+        n = frames.shape[0]
+        w.slab.slot(slot)[:n] = frames
+        self._slots[session_id].add(slot)
+        self._send(w, m.SubmitBlock(session_id, seq, slot, n))
+        return True
+
+    # ---- internals (event loop thread) -----------------------------------------------------------------
+    def _send(self, w: _Worker, msg: m.ToWorker) -> None:
+        try:
+            w.ctrl.put(msg)
+        except (OSError, ValueError) as e:  # the queue of a dead worker; the watcher reports the death
+            log.warning("cannot send %s to worker %d: %s", m.describe(msg), w.index, e)
+
+    def _spawn(self, w: _Worker) -> None:
+        w.generation += 1
+        w.ready = False
+        w.ctrl, w.results = self._ctx.Queue(), self._ctx.Queue()
+        w.proc = self._ctx.Process(
+            target=worker_main,
+            args=(w.index, w.device, self.config, self.factory, w.ctrl, w.results, self.log_level),
+            name=f"lipar-worker-{w.index}",
+            daemon=True,
+        )
+        w.proc.start()
+        w.started_at = time.monotonic()
+        log.info(
+            "started worker %d on %s (pid %s, generation %d)", w.index, w.device, w.proc.pid, w.generation
+        )
+        threading.Thread(
+            target=self._read, args=(w, w.generation, w.results), name=f"worker-{w.index}-reader", daemon=True
+        ).start()
+        assert self._loop is not None
+        self._loop.call_later(self.start_timeout_s, self._check_started, w, w.generation)
+
+    def _check_started(self, w: _Worker, generation: int) -> None:
+        """Kill a worker that has not loaded its model in time; the watcher then restarts it."""
+        if generation != w.generation or w.ready or self._stopping or w.proc is None:
+            return
+        w.last_error = f"the model did not load within {self.start_timeout_s:g} s"
+        log.error("worker %d: %s; killing it", w.index, w.last_error)
+        w.proc.kill()
+
+    def _read(self, w: _Worker, generation: int, results: Any) -> None:
+        """Reader thread: forward the worker's messages into the event loop until it is replaced."""
+        assert self._loop is not None
+        while not self._stopping and w.generation == generation:
+            try:
+                msg = results.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError, ValueError):
+                return
+            try:
+                self._loop.call_soon_threadsafe(self._dispatch, w, generation, msg)
+            except RuntimeError:  # loop closed
+                return
+
+    def _watch(self) -> None:
+        """Watcher thread: notice worker processes that exit (never dies on an unexpected error)."""
+        assert self._loop is not None
+        while not self._stopping:
+            try:
+                self._watch_once()
+            except RuntimeError:  # the event loop is closed: the server is going down
+                return
+            except Exception:
+                log.exception("worker watcher error; continuing")
+                time.sleep(_POLL_S)
+
+    def _watch_once(self) -> None:
+        assert self._loop is not None
+        snapshot = [(w, w.generation, w.proc) for w in self.workers]
+        procs = {p.sentinel: (w, gen, p) for w, gen, p in snapshot if p is not None}
+        if not procs:
+            time.sleep(_POLL_S)
+            return
+        for sentinel in mp_wait(list(procs), timeout=_POLL_S):
+            w, gen, _ = procs[sentinel]  # type: ignore[index]
+            self._loop.call_soon_threadsafe(self._on_exit, w, gen)
+        # an exited process stays signalled until the loop replaces it: wait for that (bounded)
+        for w, gen, p in procs.values():
+            # the sentinel, not is_alive(): only the event loop thread may reap (waitpid) a worker, or the
+            # loop could read its exit code as None while this thread holds the status
+            if mp_wait([p.sentinel], timeout=0):
+                deadline = time.monotonic() + 5.0
+                while w.generation == gen and not self._stopping and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+    def _dispatch(self, w: _Worker, generation: int, msg: m.FromWorker) -> None:
+        if generation != w.generation:
+            return
+        if isinstance(msg, m.BlockDone):
+            frames = np.empty(0, dtype=np.uint8)
+            if w.slab is not None:
+                frames = w.slab.slot(msg.slot)[: msg.n_frames].copy()
+            self._free(w, msg.session_id, (msg.slot,))
+            if msg.session_id in self._owner:
+                self.on_block(msg.session_id, msg, frames)
+        elif isinstance(msg, m.SlotsFreed):
+            self._free(w, msg.session_id, msg.slots)
+        elif isinstance(msg, m.SessionError):
+            if msg.slot >= 0:
+                self._free(w, msg.session_id, (msg.slot,))
+            if msg.session_id in self._owner:
+                self.on_error(msg.session_id, msg.message, msg.fatal)
+        elif isinstance(msg, m.WorkerReady):
+            self._on_ready(w, msg)
+        elif isinstance(msg, m.WorkerFailed):
+            w.last_error = msg.message
+            log.error("worker %d failed to start: %s", w.index, msg.message)
+
+    def _free(self, w: _Worker, session_id: str, slots: tuple[int, ...]) -> None:
+        owned = self._slots.get(session_id)
+        for s in slots:
+            if owned is not None:
+                owned.discard(s)
+            if s not in w.free_slots:
+                w.free_slots.append(s)
+        if owned is not None and not owned and session_id not in self._owner:
+            del self._slots[session_id]
+
+    def _on_ready(self, w: _Worker, msg: m.WorkerReady) -> None:
+        g = Geometry(msg.frames_per_block, msg.height, msg.width)
+        n_slots = self.capacity * MAX_INFLIGHT_PER_SESSION
+        slot_frames = 2 * g.frames_per_block  # room for T_out up to 2T (first blocks of some autoencoders)
+        if w.slab is None or w.geometry != g:
+            if w.slab is not None:
+                w.slab.close()
+            w.slab = FrameSlab(n_slots, slot_frames, g.height, g.width)
+        w.geometry = g
+        w.free_slots = list(range(n_slots))
+        self._send(w, m.AttachSlab(w.slab.name, n_slots, slot_frames))
+        w.ready = True
+        w.last_error = None
+        log.info(
+            "worker %d ready on %s: %d frames per block at %dx%d",
+            w.index,
+            w.device,
+            g.frames_per_block,
+            g.width,
+            g.height,
+        )
+        self.metrics.workers_up.set(sum(x.ready for x in self.workers))
+        if self.ready:
+            self._ready_event.set()
+
+    def _on_exit(self, w: _Worker, generation: int) -> None:
+        if generation != w.generation or self._stopping or w.stopping:
+            return
+        assert w.proc is not None
+        w.proc.join(2.0)  # the sentinel fires when the pipe closes; reap the process to read its exit code
+        code = w.proc.exitcode
+        reason = f"worker {w.index} on {w.device} exited unexpectedly (exit code {code})"
+        if code is not None and code < 0:
+            reason = f"worker {w.index} on {w.device} was killed by signal {-code}"
+        if w.last_error:
+            reason += f": {w.last_error}"
+        log.error("%s; restarting it", reason)
+        lost = set(w.sessions)
+        for sid in lost:
+            self._owner.pop(sid, None)
+            self._slots.pop(sid, None)
+        w.sessions.clear()
+        w.ready = False
+        w.restarts += 1
+        self.metrics.worker_restarts.labels(device=w.device).inc()
+        self.metrics.workers_up.set(sum(x.ready for x in self.workers))
+        self._ready_event.clear()
+        for q in (w.ctrl, w.results):
+            q.close()
+            q.cancel_join_thread()
+        if lost:
+            self.on_lost(lost, reason)
+        quick = time.monotonic() - w.started_at < 10.0
+        delay = min(_BACKOFF_MAX_S, 0.5 * 2 ** min(w.restarts, 6)) if quick else 0.0
+        w.proc = None  # the watcher must not report this death twice
+        w.generation += 1  # invalidate the old reader; _spawn bumps it again
+        assert self._loop is not None
+        self._loop.call_later(delay, self._respawn, w, w.generation)
+
+    def _respawn(self, w: _Worker, generation: int) -> None:
+        if self._stopping or generation != w.generation:
+            return
+        self._spawn(w)

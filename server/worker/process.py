@@ -1,0 +1,202 @@
+"""The worker process main loop. Everything in this module runs in the worker process.
+
+One worker per device. It loads the model once, then loops: drain every queued message (controls are applied
+to the sessions' editors now, i.e. at a block boundary), then run ONE block for the next session in round-
+robin order that has a block waiting. Sessions are thus served block by block in turn and a busy session
+cannot starve the others. Each session has at most a few blocks in flight (the server bounds it).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing as mp
+import os
+import queue
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from server.worker import messages as m
+from server.worker.editors import Editor, make_factory
+from server.worker.ipc import FrameSlab
+
+log = logging.getLogger("server.worker")
+
+_IDLE_WAIT_S = 0.5
+
+
+class _Session:
+    def __init__(self, editor: Editor) -> None:
+        self.editor = editor
+        self.pending: collections.deque[m.SubmitBlock] = collections.deque()
+        self.control_id = 0
+
+
+class WorkerLoop:
+    """The worker's state: its editors, its slab and the round-robin order."""
+
+    def __init__(self, factory_path: str, config: str, device: str, ctrl: Any, results: Any) -> None:
+        self.ctrl, self.results = ctrl, results
+        self.factory = make_factory(factory_path, config, device)
+        self.slab: FrameSlab | None = None
+        self.sessions: dict[str, _Session] = {}
+        self.order: collections.deque[str] = collections.deque()
+        self.running = True
+        self.parent = mp.parent_process()
+
+    def run(self) -> None:
+        """Serve until a :class:`~server.worker.messages.Stop` arrives or the queue breaks."""
+        f = self.factory
+        self.results.put(m.WorkerReady(os.getpid(), f.frames_per_block, f.height, f.width))
+        while self.running:
+            busy = any(s.pending for s in self.sessions.values())
+            self._drain(block=not busy)
+            if self.running:
+                self._run_one_block()
+        if self.slab is not None:
+            self.slab.close()
+
+    def _drain(self, block: bool) -> None:
+        try:
+            msg = self.ctrl.get(timeout=_IDLE_WAIT_S) if block else self.ctrl.get_nowait()
+        except queue.Empty:
+            if self.parent is not None and not self.parent.is_alive():
+                # the server process died without stopping us (e.g. SIGKILL): do not linger as an orphan
+                log.warning("the server process is gone; worker exiting")
+                self.running = False
+            return
+        self._handle(msg)
+        for _ in range(10_000):  # bounded: whatever is queued now
+            try:
+                msg = self.ctrl.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(msg)
+
+    def _handle(self, msg: m.ToWorker) -> None:
+        if isinstance(msg, m.SubmitBlock):
+            s = self.sessions.get(msg.session_id)
+            if s is None:
+                self.results.put(m.SessionError(msg.session_id, "unknown session", fatal=True, slot=msg.slot))
+            else:
+                s.pending.append(msg)
+        elif isinstance(msg, m.OpenSession):
+            self._open(msg)
+        elif isinstance(msg, m.CloseSession):
+            closed = self.sessions.pop(msg.session_id, None)
+            if closed is not None:
+                self.order.remove(msg.session_id)
+                if closed.pending:
+                    slots = tuple(b.slot for b in closed.pending)
+                    self.results.put(m.SlotsFreed(msg.session_id, slots))
+                log.info("closed session %s (%d left)", msg.session_id, len(self.sessions))
+        elif isinstance(msg, m.SetPrompt):
+            self._control(
+                msg.session_id,
+                msg.control_id,
+                lambda e: e.set_prompt(msg.prompt, msg.transition, msg.blend_blocks),
+            )
+        elif isinstance(msg, m.SetParams):
+            self._control(
+                msg.session_id, msg.control_id, lambda e: e.set_params(msg.seed, msg.strength, msg.steps)
+            )
+        elif isinstance(msg, m.AttachSlab):
+            f = self.factory
+            self.slab = FrameSlab(msg.n_slots, msg.slot_frames, f.height, f.width, name=msg.name)
+        elif isinstance(msg, m.Stop):
+            self.running = False
+
+    def _open(self, msg: m.OpenSession) -> None:
+        try:
+            editor = self.factory.new(msg.prompt, msg.seed, msg.lipar)
+            if msg.strength is not None or msg.steps is not None:
+                editor.set_params(strength=msg.strength, steps=msg.steps)
+        except Exception as e:  # a bad parameter must fail this session, never the worker
+            log.exception("cannot open session %s", msg.session_id)
+            self.results.put(m.SessionError(msg.session_id, f"cannot start the editor: {e}", fatal=True))
+            return
+        self.sessions[msg.session_id] = _Session(editor)
+        self.order.append(msg.session_id)
+        log.info("opened session %s (%d now)", msg.session_id, len(self.sessions))
+
+    def _control(self, sid: str, control_id: int, apply: Any) -> None:
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        try:
+            apply(s.editor)
+        except (ValueError, TypeError) as e:
+            self.results.put(m.SessionError(sid, f"rejected change: {e}", fatal=False))
+            return
+        s.control_id = max(s.control_id, control_id)
+
+    def _run_one_block(self) -> None:
+        for _ in range(len(self.order)):
+            sid = self.order[0]
+            self.order.rotate(-1)
+            s = self.sessions[sid]
+            if s.pending:
+                self._process(sid, s, s.pending.popleft())
+                return
+
+    def _process(self, sid: str, s: _Session, blk: m.SubmitBlock) -> None:
+        assert self.slab is not None, "a block arrived before the slab"
+        view = self.slab.slot(blk.slot)
+        frames = torch.from_numpy(view[: blk.n_frames].copy())  # the editor may keep its input
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out, stats = s.editor.process_block(frames)
+        except Exception as e:
+            log.exception("block %d of session %s failed", blk.seq, sid)
+            self.sessions.pop(sid, None)
+            self.order.remove(sid)
+            self.results.put(
+                m.SessionError(sid, f"the model failed on a block: {e}", fatal=True, slot=blk.slot)
+            )
+            if s.pending:
+                self.results.put(m.SlotsFreed(sid, tuple(b.slot for b in s.pending)))
+            return
+        n_out = min(int(out.shape[0]), self.slab.slot_frames)
+        view[:n_out] = out[:n_out].numpy()
+        ms = {k: float(v) for k, v in (getattr(stats, "ms", None) or {}).items()}
+        token_mask = getattr(stats, "token_mask", None)
+        mask_grid, mask_bits = None, None
+        if token_mask is not None:  # a few hundred bytes per block, for the page's heat map
+            mask_grid = tuple(int(d) for d in token_mask.shape)
+            mask_bits = np.packbits(token_mask.numpy().reshape(-1)).tobytes()
+        ms.setdefault("total", (time.perf_counter() - t0) * 1000.0)
+        self.results.put(
+            m.BlockDone(
+                sid,
+                blk.seq,
+                blk.slot,
+                n_out,
+                index=int(getattr(stats, "index", blk.seq)),
+                ms=ms,
+                prune_ratio=float(getattr(stats, "prune_ratio", 0.0)),
+                control_id=s.control_id,
+                mask_grid=mask_grid,
+                mask_bits=mask_bits,
+            )
+        )
+
+
+def worker_main(
+    index: int, device: str, config: str, factory_path: str, ctrl: Any, results: Any, log_level: str
+) -> None:
+    """Entry point of a worker process (``multiprocessing`` spawn target)."""
+    logging.basicConfig(
+        level=log_level, format=f"%(asctime)s worker{index}[{device}] %(levelname)s %(message)s"
+    )
+    try:
+        loop = WorkerLoop(factory_path, config, device, ctrl, results)
+    except Exception as e:
+        log.exception("worker %d could not start", index)
+        results.put(m.WorkerFailed(f"{type(e).__name__}: {e}"))
+        raise SystemExit(3) from e
+    loop.run()
+    log.info("worker %d stopped", index)

