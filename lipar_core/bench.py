@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from lipar_core.config import PresetConfig
 from lipar_core.editor import StreamEditor
+from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import get_preset_config, load_preset
 from lipar_core.video_io import fit_uint8_frames, read_frames
@@ -234,7 +235,8 @@ def run_bench(
                 peak = float(ref.latents.abs().max())
                 entry["psnr_latents_db"] = psnr(r.latents, ref.latents, peak)
                 # Where recovery acts: the tokens this variant recomputed (pruned ones are restored alike).
-                k = r.kept.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None].expand_as(r.latents)
+                _, ph, pw = models.geometry.patch
+                k = r.kept.repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, None].expand_as(r.latents)
                 entry["psnr_latents_kept_db"] = psnr(r.latents[k], ref.latents[k], peak)
             per_clip[clip] = entry
         agg = summarize(all_blocks, fpb)
@@ -340,7 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.height, args.width = cfg.stream.height, cfg.stream.width
     if args.no_cuda_graphs:
         cfg = cfg.with_overrides(runtime={**cfg.runtime.model_dump(), "cuda_graphs": False})
-    fpb = 12
+    fpb = StreamGeometry(
+        cfg.stream.height, cfg.stream.width, latent_frames_per_block=cfg.stream.latent_frames_per_block
+    ).pixel_frames_per_block
     clips = load_clips(args.clips, args.blocks * fpb, args.height, args.width)
     t0 = time.time()
     res = run_bench(cfg, clips, variants, seed=args.seed, warmup=args.warmup)
