@@ -14,6 +14,7 @@ What a graph bakes in, and how it is kept valid:
   eagerly), the kind of pass and its timesteps (part of the key).
 - The stream's KV cache has fixed addresses for the stream's lifetime, so graphs stay bound to it.
 
+Graphs stay valid across a stream reset (same buffers; eligibility is checked per pass).
 All graphs of a stream share one memory pool (its passes run one after another on one stream); the pool
 lives as long as the stream's runner (a pool shared across runners breaks when one runner's graphs are all
 freed: the allocator then retires the pool while its handle is still in use).
@@ -175,6 +176,3 @@ class GraphedDiT:
         self.captures += 1
         log.debug("captured DiT graph %s (%d graphs)", key, len(self._graphs))
         return self._graphs[key]
-
-    def reset(self) -> None:
-        """Drop nothing: graphs stay valid across a stream reset (same buffers); eligibility re-checks per pass."""

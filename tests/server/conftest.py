@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from server.rtc.ice import configure_ice
 from tests.server.server_proc import ServerProcess, free_port, wait_until
+
+
+@pytest.fixture
+def loopback_ice() -> Iterator[None]:
+    """ICE host candidates on loopback only for the in-process aiortc peers of a test (ENV.md)."""
+    configure_ice(["127.0.0.1"], None)
+    yield
+    configure_ice([], None)
 
 
 @pytest.fixture

@@ -7,23 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
-from server.rtc.ice import configure_ice
 from tests.server.rtc_client import ClientPeer, load_clip
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.redis]
-
-
-@pytest.fixture(autouse=True)
-def loopback_ice() -> Iterator[None]:
-    configure_ice(["127.0.0.1"], None)
-    yield
-    configure_ice([], None)
+pytestmark = [pytest.mark.usefixtures("loopback_ice"), pytest.mark.timeout(240), pytest.mark.redis]
 
 
 def _state(pid: int) -> str:

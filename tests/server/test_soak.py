@@ -7,13 +7,11 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server.rtc.ice import configure_ice
 from tests.server.rtc_client import ClientPeer, load_clip
 
 SESSIONS = 3
@@ -21,14 +19,11 @@ FPS = 6.0
 DURATION_S = float(os.environ.get("LIPAR_SOAK_S", "150"))
 SAMPLE_S = 10.0
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(DURATION_S + 120)]
-
-
-@pytest.fixture(autouse=True)
-def loopback_ice() -> Iterator[None]:
-    configure_ice(["127.0.0.1"], None)
-    yield
-    configure_ice([], None)
+pytestmark = [
+    pytest.mark.usefixtures("loopback_ice"),
+    pytest.mark.slow,
+    pytest.mark.timeout(DURATION_S + 120),
+]
 
 
 def rss_mb(pid: int) -> float:
