@@ -89,6 +89,12 @@ class Metrics:
             "lipar_worker_restarts_total", "Worker processes restarted after a crash", ["device"], registry=r
         )
         self.workers_up = Gauge("lipar_workers_up", "Worker processes with a loaded model", registry=r)
+        self.worker_settled_rss = Gauge(
+            "lipar_worker_settled_rss_bytes",
+            "Worker resident size between blocks, after returning freed heap memory",
+            ["worker"],
+            registry=r,
+        )
         for where in ("inbound", "outbound"):
             self.frames_dropped.labels(where=where)
             self.queue_frames.labels(queue=where)

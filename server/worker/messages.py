@@ -134,6 +134,17 @@ class SlotsFreed:
 
 
 @dataclass(frozen=True)
+class WorkerMemory:
+    """The worker's resident size right after returning freed heap memory, between blocks (bytes).
+
+    Sampled when no block is running, so it holds the models, the sessions' state and the allocator's live
+    memory but none of a block's temporaries: a leak shows as this number climbing, not as RSS noise.
+    """
+
+    settled_rss_bytes: int
+
+
+@dataclass(frozen=True)
 class WorkerFailed:
     """The worker could not start (e.g. the model failed to load); it exits non-zero after sending this."""
 
@@ -141,7 +152,7 @@ class WorkerFailed:
 
 
 ToWorker = AttachSlab | OpenSession | CloseSession | SetPrompt | SetParams | SubmitBlock | Stop
-FromWorker = WorkerReady | BlockDone | SessionError | SlotsFreed | WorkerFailed
+FromWorker = WorkerReady | BlockDone | SessionError | SlotsFreed | WorkerMemory | WorkerFailed
 
 
 def describe(msg: Any) -> str:

@@ -67,6 +67,7 @@ class _Worker:
     last_error: str | None = None
     restarts: int = 0
     started_at: float = 0.0
+    settled_rss_bytes: int | None = None
 
 
 BlockCallback = Callable[[str, m.BlockDone, np.ndarray], None]
@@ -168,6 +169,9 @@ class WorkerPool:
                 "capacity": self.capacity,
                 "restarts": w.restarts,
                 "last_error": w.last_error,
+                "settled_rss_mb": (
+                    round(w.settled_rss_bytes / 2**20, 1) if w.settled_rss_bytes is not None else None
+                ),
             }
             for w in self.workers
         ]
@@ -261,6 +265,7 @@ class WorkerPool:
     def _spawn(self, w: _Worker) -> None:
         w.generation += 1
         w.ready = False
+        w.settled_rss_bytes = None
         w.ctrl, w.results = self._ctx.Queue(), self._ctx.Queue()
         w.proc = self._ctx.Process(
             target=worker_main,
@@ -352,6 +357,9 @@ class WorkerPool:
                 self.on_error(msg.session_id, msg.message, msg.fatal)
         elif isinstance(msg, m.WorkerReady):
             self._on_ready(w, msg)
+        elif isinstance(msg, m.WorkerMemory):
+            w.settled_rss_bytes = msg.settled_rss_bytes
+            self.metrics.worker_settled_rss.labels(worker=str(w.index)).set(msg.settled_rss_bytes)
         elif isinstance(msg, m.WorkerFailed):
             w.last_error = msg.message
             log.error("worker %d failed to start: %s", w.index, msg.message)

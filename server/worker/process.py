@@ -22,10 +22,12 @@ import torch
 from server.worker import messages as m
 from server.worker.editors import Editor, make_factory
 from server.worker.ipc import FrameSlab
+from server.worker.memory import HeapTrimmer, resident_bytes
 
 log = logging.getLogger("server.worker")
 
 _IDLE_WAIT_S = 0.5
+_HEAP_TRIM_INTERVAL_S = 1.0  # see server.worker.memory
 
 
 class _Session:
@@ -46,6 +48,7 @@ class WorkerLoop:
         self.order: collections.deque[str] = collections.deque()
         self.running = True
         self.parent = mp.parent_process()
+        self.heap = HeapTrimmer(_HEAP_TRIM_INTERVAL_S)
 
     def run(self) -> None:
         """Serve until a :class:`~server.worker.messages.Stop` arrives or the queue breaks."""
@@ -56,8 +59,16 @@ class WorkerLoop:
             self._drain(block=not busy)
             if self.running:
                 self._run_one_block()
+                self._settle_memory()
         if self.slab is not None:
             self.slab.close()
+
+    def _settle_memory(self) -> None:
+        """Between blocks, at most once per interval: return freed heap memory, report the settled RSS."""
+        if self.heap.maybe_trim():
+            rss = resident_bytes()
+            if rss is not None:
+                self.results.put(m.WorkerMemory(rss))
 
     def _drain(self, block: bool) -> None:
         try:

@@ -104,6 +104,29 @@ async def test_two_sessions_are_isolated_and_exact(shared, reference, blocks) ->
         pool.close_session("b")
 
 
+async def test_worker_reports_settled_memory(shared, blocks) -> None:
+    """Between blocks the worker trims its heap and reports its settled resident size: /readyz and the gauge
+    carry it (a worker's first block always triggers a report, queued before its next block's result)."""
+    pool, col = shared
+    sid = "mem"
+    try:
+        assert pool.open_session(sid, "a watercolor painting", 0, None, None)
+        for i in range(2):
+            await col.wait(lambda: pool.inflight(sid) == 0)
+            assert pool.submit(sid, i, blocks[i])
+        await col.wait(lambda: len(col.out.get(sid, [])) == 2)
+        settled = pool.status()[0]["settled_rss_mb"]
+        pid = pool.status()[0]["pid"]
+        with open(f"/proc/{pid}/status") as f:
+            peak = next(int(x.split()[1]) / 1024 for x in f if x.startswith("VmHWM:"))
+        # the worker holds torch and the tiny models (well over 100 MB), and never more than its peak
+        assert settled is not None and 100 < settled <= peak, (settled, peak)
+        text = pool.metrics.render().decode()
+        assert 'lipar_worker_settled_rss_bytes{worker="0"}' in text
+    finally:
+        pool.close_session(sid)
+
+
 @pytest.mark.parametrize("transition,blend", [("cut", 0), ("smooth", 0), ("smooth", 2)])
 async def test_prompt_change_applies_at_next_block(shared, reference, blocks, transition, blend) -> None:
     """A prompt change sent after block 0 is applied before block 1 exactly as StreamEditor.set_prompt

@@ -1,0 +1,76 @@
+"""Returning freed heap memory to the operating system in the worker process.
+
+glibc's malloc keeps memory freed by large temporaries (decoded frames, CPU tensors of a block) in its arenas
+and hands it back to the kernel only now and then, so a worker's resident size saws up and down by a hundred
+megabytes or more while its live memory stays the same. That hides real leaks from operators watching RSS and
+holds memory other processes could use. ``malloc_trim(0)`` releases every free page of every arena; it costs
+well under a millisecond, so the worker calls it at most once per interval, between blocks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("server.worker")
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size in bytes (Linux ``/proc``), or None where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        fn = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+class HeapTrimmer:
+    """Calls ``malloc_trim(0)`` at most once per ``interval_s`` seconds (no-op without glibc)."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        self.interval_s = interval_s
+        self._clock = clock
+        self._trim = _load_malloc_trim()
+        self._last = float("-inf")
+        self.trims = 0
+        if self._trim is None:
+            log.info(
+                "no glibc malloc_trim here: the worker's freed heap memory is returned by the allocator alone"
+            )
+
+    @property
+    def available(self) -> bool:
+        """Whether the C library offers ``malloc_trim``."""
+        return self._trim is not None
+
+    def maybe_trim(self) -> bool:
+        """Trim if the interval has passed since the last trim; return whether it trimmed."""
+        if self._trim is None:
+            return False
+        now = self._clock()
+        if now - self._last < self.interval_s:
+            return False
+        self._trim(0)
+        self._last = now
+        self.trims += 1
+        return True
