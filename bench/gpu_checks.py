@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 
-from lipar_core.bench import WAN_1_3B, bench_config, RandomTextEncoder
+from lipar_core.bench import WAN_1_3B, RandomTextEncoder, bench_config
 from lipar_core.editor import StreamEditor
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
@@ -75,12 +75,48 @@ def check_first_block() -> None:
             ref = wan(x.permute(0, 2, 1, 3, 4), torch.tensor([700.0], device=dev), text, return_dict=False)[0]
         out[f"first_block_vs_diffusers_rel_err_{name}"] = rel(ours, ref.permute(0, 2, 1, 3, 4))
         if name == "1.3b_bf16":
-            pass_timings(dit, geo, x, text)
+            check_compiled_equals_eager(dit, geo, x, text)
+            pass_timings(dit, geo, x, text, "")
+            dit.use_compiled_layers(True)
+            pass_timings(dit, geo, x, text, "compiled_")
+            dit.use_compiled_layers(False)
         del wan, dit, cache
 
 
 @torch.no_grad()
-def pass_timings(dit: CausalWanDiT, geo: StreamGeometry, x: torch.Tensor, text: torch.Tensor) -> None:
+def check_compiled_equals_eager(
+    dit: CausalWanDiT, geo: StreamGeometry, x: torch.Tensor, text: torch.Tensor
+) -> None:
+    """Compiled layer functions vs eager on the 1.3B in bf16: four blocks, unpruned then pruned (full recovery)."""
+    import time
+
+    res = {}
+    outs: dict[bool, list[torch.Tensor]] = {}
+    for compiled in (False, True):
+        dit.use_compiled_layers(compiled)
+        cache = dit.new_cache(geo, 1, 8, 21)
+        cross = dit.text_kv(text)
+        gen = torch.Generator(device=dev).manual_seed(3)
+        ks = KeepSet.from_mask(torch.rand(geo.tokens_per_block, device=dev, generator=gen) < 0.5, 128)
+        t0 = time.perf_counter()
+        got = []
+        for b in range(4):
+            ctx = dit.begin_block(cache, 3 * b)
+            keep = None if b < 2 else ks
+            got.append(dit.forward_block(x, [700.0] * 3, cache, cross, ctx, keep, "full", prefill=True))
+            got.append(dit.forward_block(x, [0.0] * 3, cache, cross, ctx, keep, "full", memory=True))
+        torch.cuda.synchronize()
+        res[f"first_run_s_{'compiled' if compiled else 'eager'}"] = time.perf_counter() - t0
+        outs[compiled] = got
+    res["rel_err_per_pass"] = [rel(c, e) for c, e in zip(outs[True], outs[False], strict=True)]
+    dit.use_compiled_layers(False)
+    out["compiled_vs_eager_1.3b_bf16"] = res
+
+
+@torch.no_grad()
+def pass_timings(
+    dit: CausalWanDiT, geo: StreamGeometry, x: torch.Tensor, text: torch.Tensor, tag: str
+) -> None:
     cache = dit.new_cache(geo, 1, 8, 21)
     cross = dit.text_kv(text)
     for b in range(4):  # fill the window: steady state
@@ -88,19 +124,21 @@ def pass_timings(dit: CausalWanDiT, geo: StreamGeometry, x: torch.Tensor, text: 
         dit.forward_block(x, [0.0] * 3, cache, cross, ctx, memory=True)
     ctx = dit.begin_block(cache, 12)
     g = GraphedDiT(dit, cache)
-    out["dit_pass_ms_unpruned_eager"] = timed(lambda: dit.forward_block(x, [700.0] * 3, cache, cross, ctx))
-    out["dit_pass_ms_unpruned_graph"] = timed(lambda: g.forward_block(x, [700.0] * 3, cross, ctx))
+    out[f"{tag}dit_pass_ms_unpruned_eager"] = timed(
+        lambda: dit.forward_block(x, [700.0] * 3, cache, cross, ctx)
+    )
+    out[f"{tag}dit_pass_ms_unpruned_graph"] = timed(lambda: g.forward_block(x, [700.0] * 3, cross, ctx))
     n = geo.tokens_per_block
     for frac in (0.75, 0.5, 0.25, 0.1):
         gen = torch.Generator(device=dev).manual_seed(1)
         ks = KeepSet.from_mask(torch.rand(n, device=dev, generator=gen) < frac, 128)
-        out[f"dit_pass_ms_keep_{frac}_eager"] = timed(
+        out[f"{tag}dit_pass_ms_keep_{frac}_eager"] = timed(
             lambda ks=ks: dit.forward_block(x, [700.0] * 3, cache, cross, ctx, ks, "full")
         )
-        out[f"dit_pass_ms_keep_{frac}_graph"] = timed(
+        out[f"{tag}dit_pass_ms_keep_{frac}_graph"] = timed(
             lambda ks=ks: g.forward_block(x, [700.0] * 3, cross, ctx, ks, "full")
         )
-    out["graphs_captured"] = g.captures
+    out[f"{tag}graphs_captured"] = g.captures
 
 
 @torch.no_grad()
@@ -134,6 +172,42 @@ def check_graphs_equal_eager() -> None:
     out["graphs_vs_eager"] = res
 
 
+@torch.no_grad()
+def autoencoder_timings() -> None:
+    """TAEHV (full size, random weights, fp16) encode + decode of one 12-frame 832x480 block, steady state:
+    NCHW vs channels-last, cuDNN benchmarking off vs on; outputs compared with the first variant."""
+    from lipar_core.autoencoders.taehv import TAEHV
+
+    torch.manual_seed(0)
+    frames = torch.rand(1, 12, 3, 480, 832, device=dev, dtype=torch.float16)
+    ref: tuple[torch.Tensor, torch.Tensor] | None = None
+    res = {}
+    for cl in (False, True):
+        for bench in (False, True):
+            torch.backends.cudnn.benchmark = bench
+            torch.manual_seed(0)
+            ae = TAEHV().to(device=dev, dtype=torch.float16).eval()
+            if cl:
+                ae.to(memory_format=torch.channels_last)
+            enc, decs = ae.encoder_stream(), ae.decoder_stream()
+            z = enc(frames)
+            y = decs(z)
+            tag = f"{'channels_last' if cl else 'nchw'}_{'bench' if bench else 'heur'}"
+            res[f"encode_ms_{tag}"] = timed(lambda enc=enc: enc(frames))
+            res[f"decode_ms_{tag}"] = timed(lambda decs=decs, z=z: decs(z))
+            enc2, dec2 = ae.encoder_stream(), ae.decoder_stream()
+            z2 = enc2(frames)
+            y2 = dec2(z2)
+            if ref is None:
+                ref = (z2, y2)
+            else:
+                res[f"rel_err_latent_{tag}"] = rel(z2, ref[0])
+                res[f"rel_err_frames_{tag}"] = rel(y2, ref[1])
+            del ae, y
+    torch.backends.cudnn.benchmark = False
+    out["autoencoder"] = res
+
+
 def mask_timings() -> None:
     geo = StreamGeometry(480, 832)
     lat = torch.randn(1, 3, 16, 60, 104, device=dev)
@@ -163,7 +237,7 @@ def mask_timings() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    for step in (check_first_block, check_graphs_equal_eager, mask_timings):
+    for step in (check_first_block, autoencoder_timings, check_graphs_equal_eager, mask_timings):
         try:
             step()
         except Exception as e:  # report and go on: one call measures everything

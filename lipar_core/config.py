@@ -165,6 +165,11 @@ class RuntimeConfig(_Strict):
     cache_dir: str | None = Field(default=None, description="model download cache; None = HF default")
     autoencoder_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     cuda_graphs: bool = Field(default=True, description="replay DiT passes from CUDA graphs on CUDA devices")
+    compile_layers: bool = Field(
+        default=True,
+        description="on CUDA, fuse each transformer layer's elementwise work with torch.compile "
+        "(compiles during the first blocks; servers warm up before taking sessions)",
+    )
 
 
 class PresetConfig(_Strict):

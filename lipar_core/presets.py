@@ -204,6 +204,8 @@ def load_preset(
     _cast_transformer(wan, dev, dt)
     wan.eval().requires_grad_(False)
     dit = CausalWanDiT(wan)
+    if dev.type == "cuda":
+        dit.use_compiled_layers(rt.compile_layers)
     ae = _load_autoencoder(cfg.model.autoencoder, rt.cache_dir)
     if isinstance(ae, torch.nn.Module):
         ae.to(device=dev, dtype=ae_dt).eval().requires_grad_(False)

@@ -19,6 +19,9 @@ All graphs of a stream share one memory pool (its passes run one after another o
 lives as long as the stream's runner (a pool shared across runners breaks when one runner's graphs are all
 freed: the allocator then retires the pool while its handle is still in use).
 Graph replay computes exactly what the eager pass computes (the same kernels on the same data).
+With compiled layer functions (``CausalWanDiT.use_compiled_layers``) every capture is preceded by the same
+pass run eagerly, so that compilation and autotuning never happen inside capture; the block's cache state is
+saved before and restored after it (``KVCache.save_block``), so the warm-up leaves no trace.
 """
 
 from __future__ import annotations
@@ -146,6 +149,24 @@ class GraphedDiT:
             self.cache.has_prev = True
         return out.clone()
 
+    def _run_aside(
+        self,
+        ts: tuple[float, ...],
+        cross: CrossKV,
+        ctx: BlockContext,
+        keep: KeepSet | None,
+        recovery: str,
+        memory: bool,
+        prefill: bool,
+    ) -> None:
+        """One eager pass on a side stream (as capture wants its warm-up), ordered with the current stream."""
+        cur = torch.cuda.current_stream(self.device)
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(cur)
+        with torch.cuda.stream(s):
+            self.dit.forward_block(self._x, ts, self.cache, cross, ctx, keep, recovery, memory, prefill)
+        cur.wait_stream(s)
+
     def _capture(
         self,
         key: tuple,
@@ -158,14 +179,18 @@ class GraphedDiT:
         prefill: bool,
     ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]:
         temb = self.dit._time_embed(ts, self._x)  # outside the graph; kept alive with it below
-        if not self._warm:
+        if self.dit.ops.compiled:
+            # Compiled layer functions may compile or autotune on a new input shape or kind, which must not
+            # happen inside capture: run this exact pass once first, then put the cache back as it was.
+            snap = self.cache.save_block(ctx.token_index)
+            self._run_aside(ts, cross, ctx, keep, recovery, memory, prefill)
+            self.cache.restore_block(snap)
+            del snap
+            self._warm = True
+        elif not self._warm:
             # Lazy initialisation (cuBLAS workspaces, kernels) outside capture, with an idempotent pass:
             # a denoising pass without prefill only rewrites the block's own kept K/V with the same values.
-            s = torch.cuda.Stream(self.device)
-            s.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(s):
-                self.dit.forward_block(self._x, ts, self.cache, cross, ctx, keep, recovery, False, False)
-            torch.cuda.current_stream(self.device).wait_stream(s)
+            self._run_aside(ts, cross, ctx, keep, recovery, False, False)
             self._warm = True
         if len(self._graphs) >= self.max_graphs:
             self._graphs.pop(next(iter(self._graphs)))

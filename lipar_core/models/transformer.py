@@ -22,6 +22,7 @@ from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.prune import KeepSet
 from lipar_core.lipar.recovery import cascade_fill, repeat_frames, scatter_kept
 from lipar_core.models.kv_cache import BlockPlan, KVCache
+from lipar_core.models.layer_ops import LayerOps, layer_consts, layer_weights
 from lipar_core.models.rope import Rope3D, apply_rope
 
 
@@ -73,7 +74,22 @@ class CausalWanDiT(torch.nn.Module):
         self.out_channels: int = cfg.out_channels or cfg.in_channels
         self.num_layers: int = cfg.num_layers
         self.rope = Rope3D(self.head_dim)
+        self._consts = layer_consts(wan.blocks[0], self.heads)
+        self.ops = LayerOps.eager()
         self._temb_cache: dict[tuple[float, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def use_compiled_layers(self, enabled: bool = True) -> None:
+        """Run each layer's elementwise work through ``torch.compile`` d functions (see ``layer_ops``).
+
+        Meant for CUDA: compilation happens on the first pass of each kind (seconds), and CUDA-graph capture
+        must come after it (``GraphedDiT`` warms up before capturing).
+        """
+        if enabled:
+            # a few variants per function (per-frame vs uniform modulation, views vs fresh tensors): room for
+            # them all, so that none falls back to eager for lack of cache entries
+            dyn = torch._dynamo.config
+            dyn.recompile_limit = max(dyn.recompile_limit, 32)
+        self.ops = LayerOps.compiled_ops() if enabled else LayerOps.eager()
 
     # ------------------------------------------------------------------ per stream / per prompt
     def new_cache(
@@ -225,7 +241,7 @@ class CausalWanDiT(torch.nn.Module):
         if keep is None:
             if ctx.plan.frame_start < cache.sink_frames:
                 self._write_sink_raw(cache, layer, ctx, k)
-            self._write_kv(cache, layer, ctx, apply_rope(k, ctx.cos, ctx.sin), v)
+            self._write_kv(cache, layer, ctx, self.ops.rope(k, ctx.cos, ctx.sin), v)
             if memory:
                 cache.prev_k_raw[layer].copy_(k[:, -cache.tokens_per_frame :])
                 cache.prev_v[layer].copy_(v[:, -cache.tokens_per_frame :])
@@ -233,7 +249,7 @@ class CausalWanDiT(torch.nn.Module):
         n = keep.n_total
         if recovery == "none":
             if keep.n_keep:
-                kr = apply_rope(k, ctx.cos.index_select(0, keep.idx), ctx.sin.index_select(0, keep.idx))
+                kr = self.ops.rope(k, ctx.cos.index_select(0, keep.idx), ctx.sin.index_select(0, keep.idx))
                 cidx = ctx.token_index.index_select(0, keep.idx)
                 cache.k[layer].index_copy_(2, cidx, kr.transpose(1, 2))
                 cache.v[layer].index_copy_(2, cidx, v.transpose(1, 2))
@@ -251,10 +267,10 @@ class CausalWanDiT(torch.nn.Module):
                     raise RuntimeError(
                         "noise-aware duplication needs a previous clean frame (first block pruned?)"
                     )
-                dk = apply_rope(repeat_frames(prev_k, f), ctx.cos, ctx.sin)
+                dk = self.ops.rope(repeat_frames(prev_k, f), ctx.cos, ctx.sin)
                 self._write_kv(cache, layer, ctx, dk, repeat_frames(prev_v, f))
             if keep.n_keep:
-                kr = apply_rope(k, ctx.cos.index_select(0, keep.idx), ctx.sin.index_select(0, keep.idx))
+                kr = self.ops.rope(k, ctx.cos.index_select(0, keep.idx), ctx.sin.index_select(0, keep.idx))
                 cidx = ctx.token_index.index_select(0, keep.idx)
                 cache.k[layer].index_copy_(2, cidx, kr.transpose(1, 2))
                 cache.v[layer].index_copy_(2, cidx, v.transpose(1, 2))
@@ -262,7 +278,7 @@ class CausalWanDiT(torch.nn.Module):
         # m_degree passes, and the clean t = 0 pass of m_degree / full: cascade from the true predecessor.
         kf = cascade_fill(scatter_kept(k, keep.idx, n), keep.mask, prev_k, f)
         vf = cascade_fill(scatter_kept(v, keep.idx, n), keep.mask, prev_v, f)
-        self._write_kv(cache, layer, ctx, apply_rope(kf, ctx.cos, ctx.sin), vf)
+        self._write_kv(cache, layer, ctx, self.ops.rope(kf, ctx.cos, ctx.sin), vf)
         if memory:
             cache.prev_k_raw[layer].copy_(kf[:, -cache.tokens_per_frame :])
             cache.prev_v[layer].copy_(vf[:, -cache.tokens_per_frame :])
@@ -333,6 +349,8 @@ class CausalWanDiT(torch.nn.Module):
                 cache.present.index_copy_(0, ctx.token_index, keep.mask)
             attn_mask = cache.present[:valid].view(1, 1, 1, valid)
         n_run = hs.shape[1]
+        ops = self.ops
+        consts = self._consts
         for layer, block in enumerate(wan.blocks):
             if n_run == 0:  # every token pruned: only the K/V duplicates are written
                 empty = hs.new_zeros((b, 0, self.heads, self.head_dim))
@@ -340,14 +358,10 @@ class CausalWanDiT(torch.nn.Module):
                 continue
             m = self._modulation(block.scale_shift_table, mod, uniform, fidx)
             shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = m.unbind(2)
+            lw = layer_weights(block)
 
             # Self-attention over sink + window (the block's own keys are written first).
-            a1 = block.attn1
-            nx = (block.norm1(hs.float()) * (1 + scale_msa) + shift_msa).type_as(hs)
-            q = a1.norm_q(a1.to_q(nx)).unflatten(-1, (self.heads, -1))
-            k = a1.norm_k(a1.to_k(nx)).unflatten(-1, (self.heads, -1))
-            v = a1.to_v(nx).unflatten(-1, (self.heads, -1))
-            q = apply_rope(q, cos, sin)
+            q, k, v = ops.pre_attention(hs, shift_msa, scale_msa, lw, consts, cos, sin)
             self._self_attention_kv(cache, layer, ctx, k, v, keep, recovery, memory, prefill)
             att = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
@@ -355,19 +369,10 @@ class CausalWanDiT(torch.nn.Module):
                 cache.v[layer][:, :, :valid],
                 attn_mask=attn_mask,
             )
-            att = a1.to_out[0](att.transpose(1, 2).flatten(2).type_as(hs))
-            hs = (hs.float() + att * gate_msa).type_as(hs)
-
-            # Cross-attention with the prompt's cached K/V.
-            a2 = block.attn2
-            nx = block.norm2(hs.float()).type_as(hs)
-            q2 = a2.norm_q(a2.to_q(nx)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            # Cross-attention with the prompt's cached K/V, then the feed-forward.
+            hs, q2 = ops.post_attention(hs, att, gate_msa, lw, consts)
             att2 = F.scaled_dot_product_attention(q2, cross.k[layer], cross.v[layer])
-            hs = hs + a2.to_out[0](att2.transpose(1, 2).flatten(2).type_as(hs))
-
-            # Feed-forward.
-            nx = (block.norm3(hs.float()) * (1 + c_scale) + c_shift).type_as(hs)
-            hs = (hs.float() + block.ffn(nx).float() * c_gate).type_as(hs)
+            hs = ops.post_cross(hs, att2, c_shift, c_scale, c_gate, lw, consts)
         if memory:
             cache.has_prev = True
 
