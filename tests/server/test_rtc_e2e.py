@@ -115,8 +115,9 @@ async def test_two_sessions_patch_and_bad_input(start_server, clip) -> None:
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
         a = await _session(http, "a watercolor painting", seed=1)
         b = await _session(http, "a knight in shining armour", seed=2)
-        pa = await ClientPeer.connect(http, a, clip, fps=10.0, n_frames=200)
-        pb = await ClientPeer.connect(http, b, clip, fps=8.0, n_frames=200)
+        # the peers send until closed (a loaded machine drops frames; the waits below need a live input)
+        pa = await ClientPeer.connect(http, a, clip, fps=10.0, n_frames=3000)
+        pb = await ClientPeer.connect(http, b, clip, fps=8.0, n_frames=3000)
         try:
             await pa.wait_frames(12, 60)
             await pb.wait_frames(12, 60)
