@@ -60,6 +60,11 @@ export class Api {
     return this.request('GET', '/healthz');
   }
 
+  // The preset this node serves; `prompts` (edit name -> prompts, canonical first) or null for any prompt.
+  model() {
+    return this.request('GET', '/v1/model');
+  }
+
   createSession(params) {
     return this.request('POST', '/v1/sessions', params);
   }

@@ -17,6 +17,8 @@ const ui = {
   applied: $('applied'),
   form: $('prompt-form'),
   prompt: $('prompt'),
+  known: $('known'),
+  knownList: $('known-list'),
   start: $('start'),
   stop: $('stop'),
   transition: $('transition'),
@@ -58,6 +60,7 @@ const st = {
   lastSession: null,
   lastClient: null,
   hist: [], // recent client samples: frame rate and receive buffer over a sliding window
+  model: null, // GET /v1/model, once it answered
 };
 
 const WINDOW_MS = 3000;
@@ -268,6 +271,7 @@ async function connect() {
     }
     st.session = session;
     if (api.token) sessionStorage.setItem('lipar.token', api.token);
+    loadModel();
     const offerUrl = await offerUrlFor(session);
     st.framesSeen = false;
     st.pc = await connectPeer({
@@ -483,6 +487,53 @@ function renderMask(srv) {
   if (!ui.mask.hidden) drawMask(ui.mask, ui.out, grid);
 }
 
+// ---- the model's known prompts -------------------------------------------------------------------------
+
+// A model trained on a fixed set of prompts lists them (GET /v1/model); one chip per edit, its canonical
+// prompt as the label and the paraphrases in the tooltip. Open-vocabulary models (prompts null) show nothing.
+async function loadModel() {
+  if (st.model) return;
+  try {
+    st.model = await api.model(); // public: no token needed, so the chips are there from the start
+  } catch {
+    return; // an older server or a network error: no chips (tried again after Start)
+  }
+  renderKnown(st.model && st.model.prompts);
+}
+
+function renderKnown(prompts) {
+  const edits = Object.entries(prompts || {}).filter(([, list]) => Array.isArray(list) && list.length);
+  ui.knownList.replaceChildren(
+    ...edits.map(([edit, [canonical, ...others]]) => {
+      const chip = document.createElement('button');
+      chip.type = 'button';
+      chip.className = 'chip';
+      chip.textContent = canonical;
+      chip.dataset.prompt = canonical;
+      chip.title = others.length ? `${edit} · also: ${others.join(' · ')}` : edit;
+      chip.addEventListener('click', () => pickPrompt(canonical));
+      return chip;
+    }),
+  );
+  ui.known.hidden = edits.length === 0;
+  markKnown();
+}
+
+function markKnown() {
+  const current = ui.prompt.value.trim();
+  for (const chip of ui.knownList.children) {
+    if (chip.dataset.prompt === current) chip.setAttribute('aria-current', 'true');
+    else chip.removeAttribute('aria-current');
+  }
+}
+
+function pickPrompt(prompt) {
+  ui.prompt.value = prompt;
+  markKnown();
+  if (st.session) applyPrompt(); // live: the same PATCH as a typed prompt + Enter
+  else saveSettings(); // used by the next Start
+}
+
 // ---- controls ------------------------------------------------------------------------------------------
 
 async function patch(changes) {
@@ -548,6 +599,7 @@ function wire() {
     schedulePatch({ seed: settings().seed });
   });
   ui.camera.addEventListener('change', switchCamera);
+  ui.prompt.addEventListener('input', markKnown);
   ui.maskOn.addEventListener('change', () => {
     ui.mask.hidden = !(st.mask && ui.maskOn.checked);
     drawMask(ui.mask, ui.out, ui.maskOn.checked ? st.mask : null);
@@ -580,6 +632,7 @@ window.__lipar = {
   stats: () => readStats(st.pc),
   session: () => st.session,
   state: () => st.connState,
+  model: () => st.model,
   applyPrompt: (p) => {
     ui.prompt.value = p;
     return applyPrompt();
@@ -591,6 +644,7 @@ window.__lipar = {
 const { autostart } = loadSettings();
 wire();
 refreshCameras();
+loadModel();
 if (!window.RTCPeerConnection || !navigator.mediaDevices) {
   showError('This browser lacks WebRTC or camera access (the page needs https or localhost).');
   ui.start.disabled = true;

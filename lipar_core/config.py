@@ -101,11 +101,26 @@ class TextSource(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The model bundle: DiT, autoencoder and text encoder."""
+    """The model bundle: DiT, autoencoder and text encoder.
+
+    ``bundle``: one safetensors file holding all three (:mod:`lipar_core.bundle`; the embedded demo model),
+    as a path relative to the ``lipar_core`` package or absolute; it replaces the three sections, which must
+    then stay at their defaults.
+    """
 
     transformer: TransformerSource = TransformerSource()
     autoencoder: AutoencoderSource = AutoencoderSource()
     text: TextSource = TextSource()
+    bundle: str | None = None
+
+    @model_validator(mode="after")
+    def _bundle_alone(self) -> ModelConfig:
+        defaults = (TransformerSource(), AutoencoderSource(), TextSource())
+        if self.bundle is not None and (self.transformer, self.autoencoder, self.text) != defaults:
+            raise ValueError(
+                "model.bundle replaces model.transformer/autoencoder/text: give one or the other"
+            )
+        return self
 
 
 class StreamConfig(_Strict):

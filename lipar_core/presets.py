@@ -25,7 +25,8 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from lipar_core.autoencoders.base import VideoAutoencoder
-from lipar_core.checkpoints import resolve_file, resolve_repo_dir
+from lipar_core.bundle import bundle_vocabulary, load_bundle
+from lipar_core.checkpoints import CheckpointNotFoundError, resolve_file, resolve_repo_dir
 from lipar_core.config import AutoencoderSource, PresetConfig, TextSource, TransformerSource
 from lipar_core.geometry import StreamGeometry
 from lipar_core.models.transformer import CausalWanDiT
@@ -178,6 +179,31 @@ def _cast_transformer(wan: WanTransformer3DModel, device: torch.device, dtype: t
         buf.data = buf.data.to(device=device)
 
 
+def bundle_path(name: str) -> Path:
+    """Where ``model.bundle`` points: absolute, or relative to the ``lipar_core`` package.
+
+    Raises:
+        CheckpointNotFoundError: no such file (the message says how to make one).
+    """
+    p = Path(name)
+    path = p if p.is_absolute() else Path(__file__).parent / p
+    if not path.is_file():
+        how = "train one with `python -m lipar_core.train.demo --out DIR` and point model.bundle at it"
+        raise CheckpointNotFoundError(
+            f"model bundle {path} not found; {how}", what="model bundle", missing=str(path), how_to_get=how
+        )
+    return path
+
+
+def known_prompts(preset: str | Path | PresetConfig) -> dict[str, list[str]] | None:
+    """The prompts a preset's model was trained on (edit name -> prompts, canonical first), or None for
+    open-vocabulary models (umT5). Reads configuration and bundle metadata only: cheap, no model is loaded."""
+    cfg = preset if isinstance(preset, PresetConfig) else get_preset_config(preset)
+    if cfg.model.bundle is None:
+        return None
+    return bundle_vocabulary(bundle_path(cfg.model.bundle))
+
+
 def load_preset(
     preset: str | Path | PresetConfig, device: str | None = None, dtype: str | None = None
 ) -> EditorModels:
@@ -200,20 +226,26 @@ def load_preset(
         log.warning("running %s on the CPU in %s; float32 is usually faster there", cfg.name, dt)
     log.info("loading preset %s on %s (%s)", cfg.name, dev, dt)
 
-    wan = _load_transformer(cfg.model.transformer, rt.cache_dir)
+    text_dev = torch.device(cfg.model.text.device) if cfg.model.text.device else dev
+    text: TextEncoder
+    ae: VideoAutoencoder
+    if cfg.model.bundle is not None:
+        bundle = load_bundle(bundle_path(cfg.model.bundle))
+        wan, ae = bundle.transformer, bundle.autoencoder
+        text = bundle.text.to(text_dev)
+    else:
+        wan = _load_transformer(cfg.model.transformer, rt.cache_dir)
+        ae = _load_autoencoder(cfg.model.autoencoder, rt.cache_dir)
+        text = _load_text(cfg.model.text, int(wan.config.text_dim), rt.cache_dir, text_dev)
     _cast_transformer(wan, dev, dt)
     wan.eval().requires_grad_(False)
     dit = CausalWanDiT(wan)
     if dev.type == "cuda":
         dit.use_compiled_layers(rt.compile_layers)
-    ae = _load_autoencoder(cfg.model.autoencoder, rt.cache_dir)
     if isinstance(ae, torch.nn.Module):
         ae.to(device=dev, dtype=ae_dt).eval().requires_grad_(False)
     else:
         ae.to(device=dev, dtype=ae_dt)  # type: ignore[attr-defined]
-    text_dev = torch.device(cfg.model.text.device) if cfg.model.text.device else dev
-    text = _load_text(cfg.model.text, int(wan.config.text_dim), rt.cache_dir, text_dev)
-
     patch = tuple(wan.config.patch_size)
     geometry = StreamGeometry(
         height=cfg.stream.height,

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from server.api import errors
 from server.api.middleware import BodySizeLimit
-from server.api.routes import health, sessions
+from server.api.routes import health, model, sessions
 from server.metrics import Metrics
 from server.rtc.codecs import apply_bitrate
 from server.rtc.ice import configure_ice
@@ -68,9 +68,11 @@ def create_app(
         start_timeout_s=settings.worker_start_timeout_s,
     )
     manager = SessionManager(settings, store, pool, metrics)
+    model_info = model.ModelInfoSource(settings.config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model_info.start()  # in a thread: the prompts the model knows, for GET /v1/model
         configure_ice(settings.rtc_host_addresses, settings.rtc_port_range)
         apply_bitrate(settings.video_bitrate)
         await store.start()
@@ -97,9 +99,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings, app.state.metrics, app.state.manager = settings, metrics, manager
+    app.state.model_info = model_info
     errors.install(app)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(model.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

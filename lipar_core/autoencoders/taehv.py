@@ -162,13 +162,13 @@ def _apply_layers(
 class TAEHVEncoderStream:
     """Encoder state of one stream: for every encoder MemBlock, its input at the previous block's last frame."""
 
-    def __init__(self, model: TAEHV) -> None:
+    def __init__(self, model: TAEHV, trainable: bool = False) -> None:
         self._model = model
         self._memory: dict[int, torch.Tensor] = {}
+        self.trainable = trainable
 
-    @torch.no_grad()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """Encode the next block of the stream (all frames at once).
+        """Encode the next block of the stream (all frames at once; autograd only if ``trainable``).
 
         Args:
             frames: [B, T, 3, H, W] float RGB in [0, 1]; T a positive multiple of 4, H and W multiples of 8.
@@ -186,7 +186,8 @@ class TAEHVEncoderStream:
         if h % model.spatial_stride or w % model.spatial_stride:
             raise ValueError(f"resolution {w}x{h} must be a multiple of {model.spatial_stride}")
         x = frames.to(device=model.device, dtype=model.dtype).reshape(b * t, c, h, w)
-        z = _apply_layers(model.encoder, x, b, self._memory)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            z = _apply_layers(model.encoder, x, b, self._memory)
         return z.view(b, t // model.temporal_stride, *z.shape[1:])
 
     def reset(self) -> None:
@@ -197,13 +198,14 @@ class TAEHVEncoderStream:
 class TAEHVDecoderStream:
     """Decoder state of one stream: for every decoder MemBlock, its input at the previous block's last frame."""
 
-    def __init__(self, model: TAEHV) -> None:
+    def __init__(self, model: TAEHV, trainable: bool = False) -> None:
         self._model = model
         self._memory: dict[int, torch.Tensor] = {}
+        self.trainable = trainable
 
-    @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decode the next latents of the stream (all at once; no frame is trimmed).
+        """Decode the next latents of the stream (all at once; no frame is trimmed). ``trainable``: with autograd
+        and without the final clamp to [0, 1].
 
         Args:
             latents: [B, L, latent_channels, h, w], L >= 1.
@@ -219,7 +221,10 @@ class TAEHVDecoderStream:
         if n == 0:
             raise ValueError("expected at least one latent frame")
         x = latents.to(device=model.device, dtype=model.dtype).reshape(b * n, c, h, w)
-        y = _apply_layers(model.decoder, x, b, self._memory).clamp_(0.0, 1.0)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            y = _apply_layers(model.decoder, x, b, self._memory)
+        if not self.trainable:  # training sees the raw output: a clamp would stop gradients outside [0, 1]
+            y = y.clamp_(0.0, 1.0)
         return y.view(b, n * model.temporal_stride, *y.shape[1:])
 
     def reset(self) -> None:
@@ -303,13 +308,13 @@ class TAEHV(nn.Module):
         """Dtype of the weights (the dtype the streams compute and return in)."""
         return next(self.parameters()).dtype
 
-    def encoder_stream(self) -> TAEHVEncoderStream:
-        """A new encoder state for one stream."""
-        return TAEHVEncoderStream(self)
+    def encoder_stream(self, trainable: bool = False) -> TAEHVEncoderStream:
+        """A new encoder state for one stream (``trainable``: with autograd, for training)."""
+        return TAEHVEncoderStream(self, trainable)
 
-    def decoder_stream(self) -> TAEHVDecoderStream:
-        """A new decoder state for one stream."""
-        return TAEHVDecoderStream(self)
+    def decoder_stream(self, trainable: bool = False) -> TAEHVDecoderStream:
+        """A new decoder state for one stream (``trainable``: with autograd, for training)."""
+        return TAEHVDecoderStream(self, trainable)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Encode a whole clip as one fresh stream: [B, T, 3, H, W] in [0, 1] -> [B, T // 4, C, H // 8, W // 8]."""

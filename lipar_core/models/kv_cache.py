@@ -141,6 +141,12 @@ class KVCache:
         base = torch.tensor([s * tpf for s in plan.slots], dtype=torch.int64, device=device)
         return (base[:, None] + torch.arange(tpf, device=device)[None, :]).reshape(-1)
 
+    def detach_(self) -> None:
+        """Drop any autograd history the buffers picked up from a pass run with gradients (training)."""
+        for lst in (self.k, self.v, self.sink_k_raw, self.prev_k_raw, self.prev_v):
+            for i, t in enumerate(lst):
+                lst[i] = t.detach()
+
     def save_block(self, token_index: torch.Tensor) -> BlockSnapshot:
         """Copy everything a DiT pass over the block at ``token_index`` may write (see :meth:`restore_block`).
 

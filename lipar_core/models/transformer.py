@@ -119,11 +119,17 @@ class CausalWanDiT(torch.nn.Module):
     def text_kv(self, text_embeddings: torch.Tensor) -> CrossKV:
         """Project a prompt embedding once and compute every layer's cross-attention K and V.
 
+        No autograd; :meth:`text_kv_trainable` is the same with gradients (training).
+
         Args:
             text_embeddings: [B, L, text_dim] umT5 output (padding zeroed).
         Returns:
             CrossKV with per-layer [B, heads, L, head_dim] tensors.
         """
+        return self.text_kv_trainable(text_embeddings)
+
+    def text_kv_trainable(self, text_embeddings: torch.Tensor) -> CrossKV:
+        """:meth:`text_kv` with autograd as the caller's mode has it (training)."""
         ce = self.wan.condition_embedder
         p = next(ce.text_embedder.parameters())
         ctx = ce.text_embedder(text_embeddings.to(device=p.device, dtype=p.dtype))
@@ -140,19 +146,27 @@ class CausalWanDiT(torch.nn.Module):
         self, timesteps: tuple[float, ...], like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(temb [F, dim], modulation [F, 6, dim]) for per-frame timesteps, cached per tuple of values."""
+        if torch.is_grad_enabled():  # training: the embedder learns, nothing cached
+            return self._compute_time_embed(timesteps, like)
         key = timesteps
         hit = self._temb_cache.get(key)
         if hit is not None and hit[0].device == like.device and hit[0].dtype == like.dtype:
             return hit
+        temb, mod = self._compute_time_embed(timesteps, like)
+        if len(self._temb_cache) > 64:
+            self._temb_cache.clear()
+        self._temb_cache[key] = (temb, mod)
+        return temb, mod
+
+    def _compute_time_embed(
+        self, timesteps: tuple[float, ...], like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ce = self.wan.condition_embedder
         t = torch.tensor(timesteps, dtype=torch.float32, device=like.device)
         proj = ce.timesteps_proj(t)
         te_param = next(ce.time_embedder.parameters())
         temb = ce.time_embedder(proj.to(te_param.dtype)).type_as(like)
         mod = ce.time_proj(ce.act_fn(temb)).unflatten(-1, (6, self.dim))
-        if len(self._temb_cache) > 64:
-            self._temb_cache.clear()
-        self._temb_cache[key] = (temb, mod)
         return temb, mod
 
     # ------------------------------------------------------------------ per block
@@ -283,8 +297,7 @@ class CausalWanDiT(torch.nn.Module):
             cache.prev_k_raw[layer].copy_(kf[:, -cache.tokens_per_frame :])
             cache.prev_v[layer].copy_(vf[:, -cache.tokens_per_frame :])
 
-    @torch.no_grad()
-    def forward_block(
+    def forward_block_trainable(
         self,
         x: torch.Tensor,
         timesteps: Sequence[float],
@@ -300,6 +313,9 @@ class CausalWanDiT(torch.nn.Module):
 
         Call it for every denoising pass of a block and for the clean t = 0 pass (``memory=True``): each call
         overwrites the block's slots, so the cache ends up holding the clean pass, as Self-Forcing does.
+        Autograd follows the caller's mode (training learns through one pass; the cache then carries that
+        pass's graph until :meth:`KVCache.detach_`); :meth:`forward_block` is this under ``torch.no_grad()``,
+        what inference calls.
 
         Args:
             x: latents [B, F, C, h, w] (model dtype), F = frames per block.
@@ -388,3 +404,5 @@ class CausalWanDiT(torch.nn.Module):
         out_tokens = out_tokens.reshape(b, f // pt, gh, gw, pt, ph, pw, -1)
         out = out_tokens.permute(0, 1, 4, 7, 2, 5, 3, 6)  # [B, F', pt, C, gh, ph, gw, pw]
         return out.reshape(b, f, self.out_channels, h, w)
+
+    forward_block = torch.no_grad()(forward_block_trainable)

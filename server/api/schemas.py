@@ -166,6 +166,21 @@ class SessionList(BaseModel):
     sessions: list[Session]
 
 
+class ModelInfo(BaseModel):
+    """``GET /v1/model``: the preset this node serves, its stream size and, for a model trained on a fixed set of
+    prompts (a bundle), the prompts it knows."""
+
+    preset: str = Field(description="LIPAR_CONFIG: a preset name or a YAML preset path")
+    description: str = Field(description="the preset's description")
+    width: int = Field(description="model frame width (pixels)")
+    height: int = Field(description="model frame height (pixels)")
+    frames_per_block: int = Field(description="pixel frames consumed and produced per block")
+    prompts: dict[str, list[str]] | None = Field(
+        description="edit name -> the prompts the model was trained on, canonical first; null for an "
+        "open-vocabulary model (any prompt) or when the vocabulary could not be read"
+    )
+
+
 class ErrorBody(BaseModel):
     """Every error: ``{"error": {"code": ..., "message": ...}}`` with the HTTP status."""
 

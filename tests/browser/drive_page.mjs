@@ -125,7 +125,14 @@ try {
     return { done: s.framesDecoded > MIN_FRAMES, ...s };
   });
   mark('frames_decoded', { stats: first });
+  result.screenshot_first = path.join(outDir, 'page-first.png');  // edited with the first prompt
+  await page.screenshot({ path: result.screenshot_first });
   result.frames_decoded = first.framesDecoded;
+  // the prompts the model knows, as chips under the prompt box (GET /v1/model)
+  result.known_chips = await waitFor('the known-prompt chips', 20000, async () => {
+    const chips = await page.$$eval('#known-list .chip', (els) => els.map((e) => e.textContent));
+    return { done: chips.length > 0, chips };
+  }).then((r) => r.chips, () => []);
   result.codec = first.codec;
 
   const sid = await page.evaluate(() => window.__lipar.session().id);

@@ -1,4 +1,5 @@
-"""One browser end-to-end run: fake webcam clip, real ``lipar-server`` (tiny preset), Chromium driven by
+"""One browser end-to-end run: fake webcam clip, real ``lipar-server`` (a bundle preset with the tiny-random
+models and the style vocabulary), Chromium driven by
 ``drive_page.mjs``. Meant to run inside a private network namespace (only loopback), which the test sets up:
 
     unshare -n bash -c 'ip link set lo up && exec python -m tests.browser.run_e2e OUT_DIR'
@@ -28,8 +29,9 @@ CLIP_SIZE = (176, 144)
 CLIP_FPS = 15
 CLIP_FRAMES = 90
 
-FIRST_PROMPT = "a knight in shining armour, cinematic lighting"
-SECOND_PROMPT = "a watercolor painting of a cyclist"
+# Two of the styles the bundle preset below knows, typed as a person would (not the canonical prompts).
+FIRST_PROMPT = "a pencil drawing"
+SECOND_PROMPT = "thermal camera"
 
 
 def clip_source() -> Path:
@@ -59,12 +61,38 @@ def make_y4m(
     return path
 
 
+def bundle_preset(out_dir: Path) -> Path:
+    """A preset on a model bundle (the format of the trained demo model, lipar_core.bundle) holding the
+    tiny-random models and the style vocabulary: the page then lists the prompts the model knows, and the worker
+    loads its model the way the demo model is loaded. Returns the YAML path."""
+    import torch
+    import yaml
+
+    from lipar_core.bundle import save_bundle
+    from lipar_core.presets import get_preset_config
+    from lipar_core.text.style_encoder import StyleTextEncoder
+    from lipar_core.train.demo import DemoConfig, build_models, vocabulary
+
+    base = get_preset_config("tiny-random")
+    cfg = DemoConfig(
+        transformer=dict(base.model.transformer.config), autoencoder=dict(base.model.autoencoder.config)
+    )
+    dit, ae, emb = build_models(cfg, torch.device("cpu"))
+    bundle = out_dir / "model.safetensors"
+    save_bundle(bundle, dit.wan, ae, StyleTextEncoder(vocabulary(), emb.detach()), {})
+    doc = base.model_dump(exclude={"model"})
+    doc.update(name="e2e-bundle", model={"bundle": str(bundle.resolve())})
+    path = out_dir / "preset.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def run(out_dir: Path, timeout_s: float = 100.0) -> dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     y4m = make_y4m(out_dir / "webcam.y4m")
     token = secrets.token_hex(16)
     env = {
-        "LIPAR_CONFIG": "tiny",
+        "LIPAR_CONFIG": str(bundle_preset(out_dir)),
         "LIPAR_DEVICES": "cpu",
         "LIPAR_SESSIONS_PER_WORKER": "1",  # so the page can be shown a full server
         "LIPAR_API_TOKEN": token,

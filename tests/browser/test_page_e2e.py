@@ -1,10 +1,12 @@
 """The web client end to end in a real browser.
 
 Debian's headless Chromium (driven by npm ``playwright-core``, ``drive_page.mjs``) with a real clip as its fake
-webcam opens ``/?autostart=1&prompt=...`` on a real ``lipar-server`` (tiny preset, CPU), all inside a private
+webcam opens ``/?autostart=1&prompt=...`` on a real ``lipar-server`` (a bundle preset: tiny-random models and the style
+vocabulary, CPU), all inside a private
 network namespace where only loopback exists. It proves: the page creates a session and connects over WebRTC,
 edited frames arrive (``framesDecoded`` > 60), a prompt typed into the page (Enter) becomes the session's active
-prompt in its live stats, the stats overlay shows live numbers, the layout fits a 360 px phone screen, and Stop
+prompt in its live stats, the page lists the prompts the model knows, the stats overlay shows live numbers, the
+layout fits a 360 px phone screen, and Stop
 ends the session. Screenshots go to ``artifacts/browser/`` at the repository root.
 """
 
@@ -112,7 +114,11 @@ def test_page_shows_live_stats_and_fits_a_phone(e2e_result: dict[str, object]) -
     # the heat map: offered once the session's stats carry the server's per-block mask, then painted
     assert r["mask_toggle_visible_with_server_data"] is True
     assert isinstance(r["mask_painted_px"], int) and r["mask_painted_px"] > 1000
-    for key in ("screenshot", "screenshot_phone", "screenshot_mask"):
+    # the prompts the bundle's model knows are listed as chips (one per style, canonical prompts)
+    from lipar_core.train.demo import vocabulary
+
+    assert r["known_chips"] == [p[0] for p in vocabulary().values()], r["known_chips"]
+    for key in ("screenshot_first", "screenshot", "screenshot_phone", "screenshot_mask"):
         shot = Path(str(r[key]))
         assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
         print(f"screenshot: {shot}")

@@ -13,7 +13,7 @@ from tests.media import real_frames, static_frames
 
 @pytest.fixture(scope="module")
 def models() -> EditorModels:
-    return load_preset("tiny")
+    return load_preset("tiny-random")
 
 
 def _run(

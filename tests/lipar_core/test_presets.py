@@ -62,7 +62,7 @@ def _write_tiny_pretrained(root: Path) -> dict:
     (original Wan key names under generator_ema), taew2_1-style safetensors, and a umT5 text encoder folder."""
     from safetensors.torch import save_file
 
-    tiny = get_preset_config("tiny")
+    tiny = get_preset_config("tiny-random")
     models = load_preset(tiny)
     wan = models.dit.wan
     (root / "wan" / "transformer").mkdir(parents=True)
@@ -100,7 +100,7 @@ def test_pretrained_loading_path_on_tiny_checkpoints(tmp_path: Path, monkeypatch
     path = tmp_path / "preset.yaml"
     path.write_text(yaml.safe_dump(data))
     loaded = load_preset(path)
-    ref = load_preset("tiny")
+    ref = load_preset("tiny-random")
     for (k, a), (_, b) in zip(
         loaded.dit.wan.state_dict().items(), ref.dit.wan.state_dict().items(), strict=True
     ):
@@ -114,3 +114,35 @@ def test_pretrained_loading_path_on_tiny_checkpoints(tmp_path: Path, monkeypatch
     (tmp_path / "self_forcing_dmd.pt").unlink()
     with pytest.raises(CheckpointNotFoundError, match=r"self_forcing_dmd\.pt"):
         load_preset(PresetConfig.model_validate(data))
+
+
+def test_bundle_preset_loads_and_edits(tmp_path: Path) -> None:
+    """model.bundle: the transformer, autoencoder and style text encoder come from one file (the demo model's
+    format); the editor runs on them and the bundle's weights are the ones in use."""
+    from lipar_core.bundle import save_bundle
+    from lipar_core.text.style_encoder import StyleTextEncoder
+    from lipar_core.train.demo import DemoConfig, build_models, vocabulary
+
+    base = get_preset_config("tiny-random")
+    cfg = DemoConfig(
+        transformer=dict(base.model.transformer.config),
+        autoencoder=dict(base.model.autoencoder.config),
+        seed=5,
+    )
+    dit, ae, emb = build_models(cfg, torch.device("cpu"))
+    save_bundle(tmp_path / "m.safetensors", dit.wan, ae, StyleTextEncoder(vocabulary(), emb.detach()), {})
+    doc = base.model_dump(exclude={"model"})
+    doc["model"] = {"bundle": str(tmp_path / "m.safetensors")}
+    models = load_preset(PresetConfig.model_validate(doc))
+    for k, v in dit.wan.state_dict().items():
+        assert torch.equal(models.dit.wan.state_dict()[k], v.half().float()), k
+    assert torch.allclose(models.text.encode("graphite sketch")[0], emb.detach()[0].half().float(), atol=1e-5)
+    frames = (torch.arange(12 * 64 * 64 * 3) % 251).to(torch.uint8).reshape(12, 64, 64, 3)
+    out, _ = StreamEditor(models, "pencil sketch").process_block(frames)
+    assert out.shape == (12, 256, 256, 3)
+    doc["model"] = {"bundle": str(tmp_path / "missing.safetensors")}
+    with pytest.raises(CheckpointNotFoundError, match=r"missing\.safetensors"):
+        load_preset(PresetConfig.model_validate(doc))
+    doc["model"] = {"bundle": "x.safetensors", "text": {"kind": "tiny"}}
+    with pytest.raises(ValueError, match=r"model\.bundle replaces"):
+        PresetConfig.model_validate(doc)

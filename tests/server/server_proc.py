@@ -49,6 +49,7 @@ class ServerProcess:
             "LIPAR_PORT": str(self.port),
             "LIPAR_RTC_HOST_ADDRESSES": "127.0.0.1",
             "LIPAR_LOG_LEVEL": "INFO",
+            "LIPAR_CONFIG": "tiny-random",  # fast random weights; a test may name another preset
             **env,
         }
         self.log_path = log_path

@@ -31,6 +31,7 @@ async def _client(app: FastAPI) -> httpx.AsyncClient:
 async def api(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
     extra = {"redis_url": request.getfixturevalue("redis_url")} if request.param == "redis" else {}
     settings = load_settings(
+        config="tiny-random",
         api_token=TOKEN,
         node_id=f"api-{request.param}",
         sessions_per_worker=2,
@@ -209,7 +210,9 @@ async def test_admission_control(api: httpx.AsyncClient) -> None:
 async def test_idle_timeout_frees_the_session() -> None:
     """A session that never sends video is closed after LIPAR_IDLE_TIMEOUT_S with a reason; its worker slot is
     freed; a finished session refuses PATCH and offers with 409."""
-    app = create_app(load_settings(idle_timeout_s=1.0, sessions_per_worker=1, node_id="idle"))
+    app = create_app(
+        load_settings(config="tiny-random", idle_timeout_s=1.0, sessions_per_worker=1, node_id="idle")
+    )
     async with app.router.lifespan_context(app):
         assert await app.state.manager.pool.wait_ready(120)
         async with await _client(app) as c:

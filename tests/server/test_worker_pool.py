@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="module")
 @pytest.fixture(scope="module")
 def reference() -> LiparEditorFactory:
     """The same tiny models, loaded in the test process, to compute expected outputs."""
-    return LiparEditorFactory("tiny", "cpu")
+    return LiparEditorFactory("tiny-random", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ class Collector:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared() -> tuple[WorkerPool, Collector]:
     """One worker process for the tests that do not kill it (sessions are opened and closed per test)."""
-    pool = WorkerPool("tiny", ["cpu"], 2, Metrics())
+    pool = WorkerPool("tiny-random", ["cpu"], 2, Metrics())
     col = Collector(pool)
     await pool.start()
     assert await pool.wait_ready(120), pool.status()
@@ -200,7 +200,7 @@ async def test_killed_worker_is_reported_and_restarted(blocks) -> None:
     """SIGKILL the worker mid-stream: its sessions are reported lost with a reason, the restart counter
     increments, a new worker comes up and serves a new session."""
     metrics = Metrics()
-    pool = WorkerPool("tiny", ["cpu"], 2, metrics)
+    pool = WorkerPool("tiny-random", ["cpu"], 2, metrics)
     col = Collector(pool)
     await pool.start()
     try:

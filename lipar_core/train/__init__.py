@@ -1,0 +1,1 @@
+"""Training utilities for the project-trained demo models (procedural style targets)."""

@@ -1,0 +1,165 @@
+"""Judge a trained demo bundle on held-out streams: does it do the edit the prompt asks for, keep the
+structure, and what does LIPAR cost and gain on it?
+
+``python -m lipar_core.train.evaluate BUNDLE --out FILE.json`` runs the live editor
+(:class:`~lipar_core.editor.StreamEditor`, the same code the server runs) on the held-out streams of
+:mod:`lipar_core.train.data` and reports:
+
+- edit accuracy: for every held-out stream and every style, prompted with a paraphrase (not the canonical
+  prompt), the share of output frames whose nearest procedural style target
+  (:func:`~lipar_core.train.styles.nearest_style`, computed from the input frames) is the prompted style;
+  frames of the first block are included (the first block is what a viewer sees first);
+- structure: the mean edge-map similarity of output and input (:func:`~lipar_core.train.styles.edge_similarity`);
+- unknown prompts: an unknown prompt selects the pass-through edit; its output's PSNR against the input;
+- LIPAR: for naive pruning (recovery ``none``), M-degree only and full recovery, the output PSNR against the
+  unpruned output at the streams' natural prune rate, the prune ratio, and ms per block on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lipar_core.bench import psnr
+from lipar_core.config import PresetConfig
+from lipar_core.editor import StreamEditor
+from lipar_core.lipar.config import LiparConfig
+from lipar_core.presets import EditorModels, get_preset_config, load_preset
+from lipar_core.train.data import heldout_streams
+from lipar_core.train.styles import STYLE_PROMPTS, edge_similarity, nearest_style
+
+log = logging.getLogger(__name__)
+
+
+def bundle_preset(bundle: Path, base: str = "tiny") -> PresetConfig:
+    """The preset ``base`` (stream, scheduler, runtime, LIPAR settings) with its model replaced by ``bundle``."""
+    cfg = get_preset_config(base)
+    data = cfg.model_dump(exclude={"model"})
+    data["model"] = {"bundle": str(bundle.resolve())}
+    return PresetConfig.model_validate(data)
+
+
+def _frames_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [T, 3, H, W] in [0, 1]."""
+    return frames.permute(0, 3, 1, 2).float().div(255.0)
+
+
+def run_stream(models: EditorModels, prompt: str, frames: torch.Tensor, lipar: LiparConfig) -> dict[str, Any]:
+    """Edit ``frames`` (uint8 [T, H, W, 3]) as one stream; output frames and per-block stats."""
+    ed = StreamEditor(models, prompt, seed=0, lipar=lipar)
+    n = ed.frames_per_block
+    outs, ms, prune = [], [], []
+    with torch.inference_mode():
+        for b in range(frames.shape[0] // n):
+            t0 = time.perf_counter()
+            out, st = ed.process_block(frames[b * n : (b + 1) * n])
+            ms.append((time.perf_counter() - t0) * 1e3)
+            outs.append(out)
+            prune.append(st.prune_ratio)
+    return {"frames": torch.cat(outs), "ms": ms, "prune": prune}
+
+
+def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[str, Any]:
+    """The report described in the module docstring (a JSON-able dict)."""
+    cfg = bundle_preset(bundle)
+    models = load_preset(cfg)
+    streams = heldout_streams(
+        blocks, cfg.stream.height, cfg.stream.width, models.geometry.pixel_frames_per_block
+    )
+    lipar = LiparConfig.model_validate(cfg.lipar)
+    report: dict[str, Any] = {"bundle": str(bundle), "streams": list(streams), "blocks": blocks, "styles": {}}
+    correct = total = 0
+    edge_scores: list[float] = []
+    for style, prompts in STYLE_PROMPTS.items():
+        prompt = prompts[min(paraphrase_index, len(prompts) - 1)]
+        per: dict[str, Any] = {"prompt": prompt}
+        for name, frames in streams.items():
+            res = run_stream(models, prompt, frames, lipar)
+            out = _frames_float(res["frames"])
+            inp = _frames_float(frames)
+            picks = nearest_style(out, inp)
+            hits = sum(p == style for p in picks)
+            correct += hits
+            total += len(picks)
+            edge = float(edge_similarity(out, inp).mean())
+            edge_scores.append(edge)
+            per[name] = {
+                "accuracy": hits / len(picks),
+                "edge_similarity": edge,
+                "picked": max(set(picks), key=picks.count),
+            }
+        report["styles"][style] = per
+        log.info("%s: %s", style, per)
+    report["edit_accuracy"] = correct / max(total, 1)
+    report["edge_similarity_mean"] = sum(edge_scores) / max(len(edge_scores), 1)
+    # Unknown prompt: pass-through.
+    unknown = {}
+    for name, frames in streams.items():
+        res = run_stream(models, "a cat riding a bicycle on the moon", frames, lipar)
+        unknown[name] = psnr(res["frames"].float(), frames.float(), 255.0)
+    report["unknown_prompt_psnr_vs_input_db"] = unknown
+    report["lipar"] = lipar_comparison(models, streams, lipar)
+    return report
+
+
+def lipar_comparison(
+    models: EditorModels, streams: dict[str, torch.Tensor], base: LiparConfig, prompt: str | None = None
+) -> dict[str, Any]:
+    """Naive / M-degree / full recovery against the unpruned output (PSNR dB), prune ratio, ms per block."""
+    prompt = prompt or next(iter(STYLE_PROMPTS.values()))[0]
+    variants = {
+        "unpruned": base.model_copy(update={"enabled": False}),
+        "naive": base.model_copy(update={"recovery": "none"}),
+        "m_degree": base.model_copy(update={"recovery": "m_degree"}),
+        "full": base.model_copy(update={"recovery": "full"}),
+    }
+    out: dict[str, Any] = {"prompt": prompt}
+    ref: dict[str, torch.Tensor] = {}
+    for vname, lip in variants.items():
+        rows: dict[str, Any] = {}
+        for sname, frames in streams.items():
+            run_stream(models, prompt, frames, lip)  # warm-up (allocator, kernels)
+            res = run_stream(models, prompt, frames, lip)
+            if vname == "unpruned":
+                ref[sname] = res["frames"]
+            steady_ms = res["ms"][1:] or res["ms"]
+            rows[sname] = {
+                "psnr_vs_unpruned_db": psnr(res["frames"].float(), ref[sname].float(), 255.0),
+                "prune_ratio": sum(res["prune"][1:]) / max(len(res["prune"]) - 1, 1),
+                "ms_per_block": sum(steady_ms) / len(steady_ms),
+                "fps": models.geometry.pixel_frames_per_block * 1e3 / (sum(steady_ms) / len(steady_ms)),
+            }
+        out[vname] = rows
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m lipar_core.train.evaluate", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = evaluate(args.bundle, args.blocks)
+    args.out.write_text(json.dumps(report, indent=1, default=float))
+    log.info(
+        "edit accuracy %.3f, edge similarity %.3f", report["edit_accuracy"], report["edge_similarity_mean"]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
