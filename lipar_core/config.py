@@ -203,8 +203,43 @@ class PresetConfig(_Strict):
         """Load and validate a YAML preset file."""
         return cls.model_validate(read_yaml_mapping(path, "config file"))
 
+    def with_bundle(self, bundle: str | Path, name: str | None = None) -> PresetConfig:
+        """A copy whose model is the bundle file ``bundle`` (stream, scheduler, runtime and LIPAR kept)."""
+        data = self.model_dump(exclude={"model"})
+        data["model"] = {"bundle": str(Path(bundle).resolve())}
+        if name is not None:
+            data["name"] = name
+        return PresetConfig.model_validate(data)
+
     def with_overrides(self, **updates: Any) -> PresetConfig:
         """A copy with top-level sections replaced (validated again)."""
         data = self.model_dump()
         data.update(updates)
         return PresetConfig.model_validate(data)
+
+
+PRESET_DIR = Path(__file__).parent / "configs"
+"""The built-in presets: one YAML file each."""
+
+
+def preset_names() -> list[str]:
+    """Names of the built-in presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a preset: a path as given (a ``.yaml``/``.yml`` name, a name with a ``/``, or an existing
+    file), else the built-in preset of that name. Reads nothing: no model code is needed (the server uses it).
+
+    Raises:
+        ValueError: an unknown built-in name (the message lists the built-in presets).
+    """
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or "/" in str(name_or_path) or p.exists():
+        return p
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ValueError(
+            f"unknown preset {str(name_or_path)!r}; built-in presets: {', '.join(preset_names())}"
+        )
+    return candidate

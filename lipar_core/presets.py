@@ -27,7 +27,13 @@ from diffusers import WanTransformer3DModel
 from lipar_core.autoencoders.base import VideoAutoencoder
 from lipar_core.bundle import bundle_vocabulary, load_bundle
 from lipar_core.checkpoints import CheckpointNotFoundError, resolve_file, resolve_repo_dir
-from lipar_core.config import AutoencoderSource, PresetConfig, TextSource, TransformerSource
+from lipar_core.config import (
+    AutoencoderSource,
+    PresetConfig,
+    TextSource,
+    TransformerSource,
+    preset_path,
+)
 from lipar_core.geometry import StreamGeometry
 from lipar_core.models.transformer import CausalWanDiT
 from lipar_core.scheduler import FlowMatchScheduler
@@ -35,7 +41,6 @@ from lipar_core.text.encoder import PromptEncoder
 
 log = logging.getLogger(__name__)
 
-PRESET_DIR = Path(__file__).parent / "configs"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -62,24 +67,13 @@ class EditorModels:
     autoencoder_dtype: torch.dtype
 
 
-def preset_names() -> list[str]:
-    """Names of the built-in presets."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
 def get_preset_config(name_or_path: str | Path) -> PresetConfig:
     """A built-in preset by name, or a YAML file by path.
 
     Raises:
         ValueError: unknown name / unreadable or invalid file (the message says which and why).
     """
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return PresetConfig.from_yaml(p)
-    candidate = PRESET_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        raise ValueError(f"unknown preset {name_or_path!r}; built-in presets: {', '.join(preset_names())}")
-    return PresetConfig.from_yaml(candidate)
+    return PresetConfig.from_yaml(preset_path(name_or_path))
 
 
 def _seeded(seed: int, build: Any) -> Any:

@@ -171,21 +171,15 @@ def check_model_config(config: str) -> None:
     """Fail fast on an unknown preset name or an invalid YAML preset, before any worker starts.
 
     Reads and validates the preset with :class:`lipar_core.config.PresetConfig` only (no model code is
-    imported into the server process). Built-in presets are the YAML files in ``lipar_core/configs/``, the
-    directory ``lipar_core.presets`` reads.
+    imported into the server process). Names resolve as everywhere else
+    (:func:`lipar_core.config.preset_path`).
     """
-    import lipar_core
-    from lipar_core.config import PresetConfig
+    from lipar_core.config import PresetConfig, preset_path
 
-    path = Path(config)
-    if not (config.endswith((".yaml", ".yml")) or "/" in config):
-        preset_dir = Path(lipar_core.__file__).parent / "configs"
-        path = preset_dir / f"{config}.yaml"
-        if not path.is_file():
-            names = ", ".join(sorted(p.stem for p in preset_dir.glob("*.yaml")))
-            raise SettingsError(
-                f"invalid settings:\n  LIPAR_CONFIG: unknown preset {config!r}; built-in presets: {names}"
-            )
+    try:
+        path = preset_path(config)
+    except ValueError as e:
+        raise SettingsError(f"invalid settings:\n  LIPAR_CONFIG: {e}") from None
     try:
         PresetConfig.from_yaml(path)
     except (ValueError, ValidationError) as e:

@@ -83,7 +83,9 @@ class DemoConfig:
     text_tokens: int = 4
     ae_steps: int = 1500
     ae_batch: int = 4
-    ae_frames: int = 4  # frames per autoencoder sample (one latent frame: the encoder's temporal stride)
+    ae_frames: int | None = (
+        None  # frames per autoencoder sample; None: one latent frame (the temporal stride)
+    )
     ae_crop: int = 128
     ae_lr: float = 1e-3
     pool_streams: int = 48  # training streams generated once and sampled from
@@ -151,6 +153,7 @@ def train_autoencoder(
 ) -> list[float]:
     """Stage 1 (see the module docstring) on blocks of ``pool`` (:func:`build_pool`). Returns the loss per step."""
     steps = cfg.ae_steps if steps is None else steps
+    n_frames = cfg.ae_frames or ae.temporal_stride
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.ae_lr, total_steps=max(steps, 1), pct_start=0.1
@@ -163,8 +166,8 @@ def train_autoencoder(
         batch = []
         for _ in range(cfg.ae_batch):
             stream = pool[rng.randrange(pool.shape[0])]
-            start = rng.randrange(stream.shape[0] // cfg.ae_frames) * cfg.ae_frames
-            x = to_float_frames(stream[start : start + cfg.ae_frames], device)  # [ae_frames, 3, H, W]
+            start = rng.randrange(stream.shape[0] // n_frames) * n_frames
+            x = to_float_frames(stream[start : start + n_frames], device)  # [n_frames, 3, H, W]
             top = rng.randrange(0, cfg.height - cfg.ae_crop + 1, 8)
             left = rng.randrange(0, cfg.width - cfg.ae_crop + 1, 8)
             x = x[:, :, top : top + cfg.ae_crop, left : left + cfg.ae_crop]

@@ -28,27 +28,14 @@ from typing import Any
 import torch
 
 from lipar_core.bench import psnr
-from lipar_core.config import PresetConfig
 from lipar_core.editor import StreamEditor
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.train.data import heldout_streams
+from lipar_core.train.demo import to_float_frames
 from lipar_core.train.styles import STYLE_PROMPTS, edge_similarity, nearest_style
 
 log = logging.getLogger(__name__)
-
-
-def bundle_preset(bundle: Path, base: str = "tiny") -> PresetConfig:
-    """The preset ``base`` (stream, scheduler, runtime, LIPAR settings) with its model replaced by ``bundle``."""
-    cfg = get_preset_config(base)
-    data = cfg.model_dump(exclude={"model"})
-    data["model"] = {"bundle": str(bundle.resolve())}
-    return PresetConfig.model_validate(data)
-
-
-def _frames_float(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> float [T, 3, H, W] in [0, 1]."""
-    return frames.permute(0, 3, 1, 2).float().div(255.0)
 
 
 def run_stream(models: EditorModels, prompt: str, frames: torch.Tensor, lipar: LiparConfig) -> dict[str, Any]:
@@ -68,7 +55,7 @@ def run_stream(models: EditorModels, prompt: str, frames: torch.Tensor, lipar: L
 
 def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[str, Any]:
     """The report described in the module docstring (a JSON-able dict)."""
-    cfg = bundle_preset(bundle)
+    cfg = get_preset_config("tiny").with_bundle(bundle)
     models = load_preset(cfg)
     streams = heldout_streams(
         blocks, cfg.stream.height, cfg.stream.width, models.geometry.pixel_frames_per_block
@@ -82,8 +69,8 @@ def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[s
         per: dict[str, Any] = {"prompt": prompt}
         for name, frames in streams.items():
             res = run_stream(models, prompt, frames, lipar)
-            out = _frames_float(res["frames"])
-            inp = _frames_float(frames)
+            out = to_float_frames(res["frames"], torch.device("cpu"))
+            inp = to_float_frames(frames, torch.device("cpu"))
             picks = nearest_style(out, inp)
             hits = sum(p == style for p in picks)
             correct += hits

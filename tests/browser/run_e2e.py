@@ -65,25 +65,12 @@ def bundle_preset(out_dir: Path) -> Path:
     """A preset on a model bundle (the format of the trained demo model, lipar_core.bundle) holding the
     tiny-random models and the style vocabulary: the page then lists the prompts the model knows, and the worker
     loads its model the way the demo model is loaded. Returns the YAML path."""
-    import torch
     import yaml
 
-    from lipar_core.bundle import save_bundle
-    from lipar_core.presets import get_preset_config
-    from lipar_core.text.style_encoder import StyleTextEncoder
-    from lipar_core.train.demo import DemoConfig, build_models, vocabulary
+    from tests.bundles import random_bundle_preset
 
-    base = get_preset_config("tiny-random")
-    cfg = DemoConfig(
-        transformer=dict(base.model.transformer.config), autoencoder=dict(base.model.autoencoder.config)
-    )
-    dit, ae, emb = build_models(cfg, torch.device("cpu"))
-    bundle = out_dir / "model.safetensors"
-    save_bundle(bundle, dit.wan, ae, StyleTextEncoder(vocabulary(), emb.detach()), {})
-    doc = base.model_dump(exclude={"model"})
-    doc.update(name="e2e-bundle", model={"bundle": str(bundle.resolve())})
     path = out_dir / "preset.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(yaml.safe_dump(random_bundle_preset(out_dir / "model.safetensors").model_dump()))
     return path
 
 

@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from lipar_core.checkpoints import CheckpointNotFoundError
-from lipar_core.config import PresetConfig
+from lipar_core.config import PresetConfig, preset_names
 from lipar_core.editor import StreamEditor
-from lipar_core.presets import get_preset_config, load_preset, preset_names
+from lipar_core.presets import get_preset_config, load_preset
 from tests.lipar_core.models.test_convert import to_original_name
 
 
@@ -119,24 +119,14 @@ def test_pretrained_loading_path_on_tiny_checkpoints(tmp_path: Path, monkeypatch
 def test_bundle_preset_loads_and_edits(tmp_path: Path) -> None:
     """model.bundle: the transformer, autoencoder and style text encoder come from one file (the demo model's
     format); the editor runs on them and the bundle's weights are the ones in use."""
-    from lipar_core.bundle import save_bundle
-    from lipar_core.text.style_encoder import StyleTextEncoder
-    from lipar_core.train.demo import DemoConfig, build_models, vocabulary
+    from tests.bundles import write_random_bundle
 
-    base = get_preset_config("tiny-random")
-    cfg = DemoConfig(
-        transformer=dict(base.model.transformer.config),
-        autoencoder=dict(base.model.autoencoder.config),
-        seed=5,
-    )
-    dit, ae, emb = build_models(cfg, torch.device("cpu"))
-    save_bundle(tmp_path / "m.safetensors", dit.wan, ae, StyleTextEncoder(vocabulary(), emb.detach()), {})
-    doc = base.model_dump(exclude={"model"})
-    doc["model"] = {"bundle": str(tmp_path / "m.safetensors")}
+    dit, _, emb = write_random_bundle(tmp_path / "m.safetensors", seed=5)
+    doc = get_preset_config("tiny-random").with_bundle(tmp_path / "m.safetensors").model_dump()
     models = load_preset(PresetConfig.model_validate(doc))
     for k, v in dit.wan.state_dict().items():
         assert torch.equal(models.dit.wan.state_dict()[k], v.half().float()), k
-    assert torch.allclose(models.text.encode("graphite sketch")[0], emb.detach()[0].half().float(), atol=1e-5)
+    assert torch.allclose(models.text.encode("graphite sketch")[0], emb[0].half().float(), atol=1e-5)
     frames = (torch.arange(12 * 64 * 64 * 3) % 251).to(torch.uint8).reshape(12, 64, 64, 3)
     out, _ = StreamEditor(models, "pencil sketch").process_block(frames)
     assert out.shape == (12, 256, 256, 3)

@@ -17,13 +17,12 @@ import torch
 import yaml
 from fastapi import FastAPI
 
-from lipar_core.bundle import save_bundle
-from lipar_core.text.style_encoder import StyleTextEncoder
-from lipar_core.train.demo import DemoConfig, build_models, vocabulary
+from lipar_core.train.demo import vocabulary
 from server.api.routes import model as model_route
 from server.api.schemas import ModelInfo
 from server.main import create_app
 from server.settings import load_settings
+from tests.bundles import write_random_bundle
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,16 +35,9 @@ TINY_DESCRIPTION = (
 
 @pytest.fixture(scope="module")
 def bundle_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small bundle (1-layer DiT, narrow autoencoder) with the demo vocabulary."""
-    cfg = DemoConfig(
-        height=64,
-        width=64,
-        transformer={**DemoConfig().transformer, "num_layers": 1, "ffn_dim": 64},
-        autoencoder={"encoder_width": 8, "decoder_widths": [16, 8, 8, 8]},
-    )
-    dit, ae, emb = build_models(cfg, torch.device("cpu"))
+    """A small bundle (the tiny-random models) with the demo vocabulary."""
     path = tmp_path_factory.mktemp("bundle") / "demo.safetensors"
-    save_bundle(path, dit.wan, ae, StyleTextEncoder(vocabulary(), emb.detach()), {"seed": cfg.seed})
+    write_random_bundle(path)
     return path
 
 

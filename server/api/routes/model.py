@@ -12,29 +12,15 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from lipar_core.config import PresetConfig
+from lipar_core.config import PresetConfig, preset_path
 from lipar_core.geometry import StreamGeometry
 from server.api.schemas import ModelInfo
 
 log = logging.getLogger("server.model")
-
-
-def _preset_config(config: str) -> PresetConfig:
-    """The preset by name or YAML path, resolved as :func:`lipar_core.presets.get_preset_config` does but without
-    importing the model code (a cheap YAML read)."""
-    import lipar_core
-
-    path = Path(config)
-    if not (path.suffix in (".yaml", ".yml") or path.exists()):
-        path = Path(lipar_core.__file__).parent / "configs" / f"{config}.yaml"
-        if not path.is_file():
-            raise ValueError(f"unknown preset {config!r}")
-    return PresetConfig.from_yaml(path)
 
 
 def read_model_info(config: str) -> ModelInfo:
@@ -45,7 +31,7 @@ def read_model_info(config: str) -> ModelInfo:
     Raises:
         ValueError: the preset itself is unknown or invalid.
     """
-    cfg = _preset_config(config)
+    cfg = PresetConfig.from_yaml(preset_path(config))
     geometry = StreamGeometry(
         height=cfg.stream.height,
         width=cfg.stream.width,
