@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
 # One device call: install carried wheels, check correctness on the GPU, then measure (writes under $OUT).
 # Usage on the device tool: bash bench/gpu_run.sh   (carry .whl and .clips)
-#   STEPS=checks,bench,before (default) picks the steps; each step has its own time limit so that the call
-#   always returns what it measured.
+#   STEPS (default bench,mem320,sessions; also checks, before) picks the steps; each step has its own time
+#   limit so that the call always returns what it measured.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/run.log"
 python3 -c "import torch, diffusers, av, pydantic; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.get_device_name())"
-STEPS=",${STEPS:-checks,bench,before},"
+STEPS=",${STEPS:-bench,mem320,sessions},"
 if [[ $STEPS == *,checks,* ]]; then
   # Correctness on the GPU (streaming DiT vs diffusers, compiled vs eager, graphs vs eager), micro-timings.
-  timeout 330 python3 bench/gpu_checks.py > "$OUT/checks.txt" 2>&1
+  timeout 330 python3 bench/gpu_checks.py >> "$OUT/run.log" 2>&1
   echo "checks rc=$?"; grep -E "rel_err|bit_exact|_ms_|first_run|error" "$OUT/checks.json" | head -80
 fi
 if [[ $STEPS == *,bench,* ]]; then
-  timeout 300 python3 -m lipar_core.bench --clips .clips --out "$OUT/bench.json" --blocks "${BLOCKS:-8}" > "$OUT/bench.log" 2>&1
+  timeout "${BENCH_S:-330}" python3 -m lipar_core.bench --clips .clips --out "$OUT/bench.json" --blocks "${BLOCKS:-8}" >> "$OUT/run.log" 2>&1
   echo "bench rc=$?"; cat "$OUT/bench.md"
 fi
 if [[ $STEPS == *,before,* ]]; then
   # The hot path without compiled layers, same run, for the before/after table.
   timeout 200 python3 -m lipar_core.bench --clips .clips --out "$OUT/bench-before.json" --blocks "${BLOCKS:-8}" \
-    --variants window,lipar --no-compile-layers > "$OUT/bench-before.log" 2>&1
+    --variants window,lipar --no-compile-layers >> "$OUT/run.log" 2>&1
   echo "before rc=$?"; cat "$OUT/bench-before.md"
+fi
+if [[ $STEPS == *,mem320,* ]]; then
+  # Peak memory and speed at the second resolution of issue 7 (576x320).
+  timeout 150 python3 -m lipar_core.bench --clips .clips --out "$OUT/bench-320x576.json" --blocks 4 \
+    --height 320 --width 576 --variants window,lipar >> "$OUT/run.log" 2>&1
+  echo "mem320 rc=$?"; cat "$OUT/bench-320x576.md"
+fi
+if [[ $STEPS == *,sessions,* ]]; then
+  # Sessions per GPU (round-robin, overlapped or not), time to first frame, profile of a LIPAR block.
+  timeout 200 python3 bench/gpu_profile.py >> "$OUT/run.log" 2>&1
+  echo "sessions rc=$?"; cat "$OUT/sessions.json"
 fi

@@ -498,7 +498,19 @@ async function loadModel() {
   } catch {
     return; // an older server or a network error: no chips (tried again after Start)
   }
+  applyModelDefaults(st.model);
   renderKnown(st.model && st.model.prompts);
+}
+
+// The model's own strength and steps (a model trained for one noise level edits poorly at another), unless
+// the address names them.
+function applyModelDefaults(model) {
+  const q = new URLSearchParams(location.search);
+  if (model && Number.isFinite(model.strength) && !q.has('strength')) {
+    ui.strength.value = String(model.strength);
+    ui.strengthV.textContent = Number.parseFloat(ui.strength.value).toFixed(2);
+  }
+  if (model && Number.isFinite(model.steps) && !q.has('steps')) ui.steps.value = String(model.steps);
 }
 
 function renderKnown(prompts) {

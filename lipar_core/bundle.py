@@ -56,6 +56,17 @@ def save_bundle(
     return path.stat().st_size
 
 
+def _metadata(path: str | Path, needs: str) -> dict[str, str]:
+    """A bundle's metadata (no tensors are loaded); ValueError unless it is a bundle with key ``needs``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    if meta.get("format") != FORMAT or needs not in meta:
+        raise ValueError(f"{path} is not a model bundle with {needs!r} metadata")
+    return meta
+
+
 def bundle_vocabulary(path: str | Path) -> dict[str, list[str]]:
     """The prompts a bundle's model knows (edit name -> prompts, canonical first), read from the metadata
     only (no tensors are loaded).
@@ -63,13 +74,18 @@ def bundle_vocabulary(path: str | Path) -> dict[str, list[str]]:
     Raises:
         ValueError: not a bundle.
     """
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    if meta.get("format") != FORMAT or "style_vocabulary" not in meta:
-        raise ValueError(f"{path} is not a model bundle with a prompt vocabulary")
+    meta = _metadata(path, "style_vocabulary")
     return {k: list(v) for k, v in json.loads(meta["style_vocabulary"]).items()}
+
+
+def bundle_train_config(path: str | Path) -> dict[str, Any]:
+    """The training configuration stored in a bundle (``DemoConfig`` as a dict: the denoising steps, shift and
+    stream geometry the model was trained for), read from the metadata only.
+
+    Raises:
+        ValueError: not a bundle.
+    """
+    return dict(json.loads(_metadata(path, "train_config")["train_config"]))
 
 
 @dataclass

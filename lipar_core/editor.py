@@ -23,7 +23,7 @@ import torch
 
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
-from lipar_core.lipar.prune import KeepSet
+from lipar_core.lipar.prune import KeepSet, PendingKeepSet
 from lipar_core.lipar.restore import RestorationBuffer
 from lipar_core.models.graphs import GraphedDiT
 from lipar_core.scheduler import make_step_list
@@ -142,6 +142,8 @@ class StreamEditor:
         self.block_index = 0
         self.frame_index = 0
         self.last_latents: torch.Tensor | None = None  # the last block's edited latents [1, F, C, h, w]
+        self._encode_stream: torch.cuda.Stream | None = None  # CUDA: the encoder's own stream (lazily)
+        self._decode_stream: torch.cuda.Stream | None = None  # CUDA: the decoder's own stream (lazily)
 
     # ------------------------------------------------------------------ control (any time)
     @staticmethod
@@ -271,11 +273,10 @@ class StreamEditor:
         x = fit_frames(x, self.height, self.width)
         return x.unsqueeze(0)
 
-    @torch.no_grad()
     def process_block(
         self, frames: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, BlockStats]:
-        """Edit the next block of the stream.
+        """Edit the next block of the stream (:meth:`submit_block` and wait for its result).
 
         Args:
             frames: uint8 [T, H_in, W_in, 3] RGB, T = :attr:`frames_per_block`; any resolution (resized).
@@ -285,80 +286,111 @@ class StreamEditor:
             (frames_out, stats): frames_out uint8 [T_out, height, width, 3] on the CPU (T_out = T with the
             tiny autoencoder; the Wan VAE returns 3 fewer frames for the stream's first block).
         """
+        return self.submit_block(frames, mask).result()
+
+    @torch.no_grad()
+    def submit_block(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> BlockTicket:
+        """Queue the next block of the stream; the output comes from :meth:`BlockTicket.result`.
+
+        On CUDA, the encoder and the decoder have streams of their own; mask and DiT run on the current
+        stream, after the block's latents are encoded, and the decoder after the DiT: the host returns once
+        the DiT's work is queued, so the caller can submit the next block (of this stream or of another
+        session), whose frames then upload and encode while this block's DiT passes run, and this block
+        decodes while the next one's run. Tickets of one stream
+        must be collected in order. On the CPU everything runs before this returns. Arguments as in
+        :meth:`process_block`.
+        """
         self._apply_pending()
         m = self.models
         sched = m.scheduler
         timer = StageTimer(self.device)
-        with timer.stage("total"):
-            x_in = self._to_model_frames(frames)
-            with timer.stage("encode"):
-                lat = self.encoder(x_in.to(m.autoencoder_dtype)).to(self.dtype)  # [1, F, C, h, w]
-            keep_grid: torch.Tensor | None = None
-            keep: KeepSet | None = None
-            with timer.stage("mask"):
-                if self.lipar.enabled:
-                    ext = mask.to(self.device) if mask is not None else None
-                    keep_grid = self.masker(
-                        lat,
-                        pixels=x_in if self.lipar.mask_source == "pixel" else None,
-                        external=ext,
-                        force_full=self.block_index == 0,
+        total = timer.start("total")
+        if self.device.type == "cuda":
+            # The encoder has its own stream: this block's frames upload and encode while the previous
+            # block's DiT passes still run on the current stream.
+            main = torch.cuda.current_stream(self.device)
+            if self._encode_stream is None:
+                self._encode_stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._encode_stream):
+                x_in, lat = self._encode(frames, timer)
+                encoded = torch.cuda.Event()
+                encoded.record()
+            main.wait_event(encoded)
+            x_in.record_stream(main)  # made on the encoder's stream, read on this one
+            lat.record_stream(main)
+        else:
+            x_in, lat = self._encode(frames, timer)
+        keep_grid: torch.Tensor | None = None
+        pending: PendingKeepSet | None = None
+        mask_host: torch.Tensor | None = None
+        with timer.stage("mask"):
+            if self.lipar.enabled:
+                ext = mask.to(self.device) if mask is not None else None
+                keep_grid = self.masker(
+                    lat,
+                    pixels=x_in if self.lipar.mask_source == "pixel" else None,
+                    external=ext,
+                    force_full=self.block_index == 0,
+                )
+                mask_host = _to_host(keep_grid[0])  # for the stats; read in result()
+                pending = KeepSet.begin(keep_grid, self.lipar.bucket)  # the count travels to the host
+        recovery = self.lipar.recovery
+        with timer.stage("dit"):
+            # Host work that does not depend on the kept count runs while the device computes the mask.
+            if self._blend is not None:
+                b = self._blend
+                w = min(1.0, (b.done + 1) / b.blocks)
+                self._text_in_use = torch.lerp(b.start.float(), b.end.float(), w).to(b.end.dtype)
+                self._cross = m.dit.text_kv(self._text_in_use)
+            ctx = m.dit.begin_block(self.cache, self.frame_index)
+            cross = self._cross
+            timesteps = sched.timesteps(self.steps)
+            n_frames = lat.shape[1]
+            noise = torch.randn(lat.shape, generator=self._gen, device=self.device, dtype=torch.float32)
+            x = sched.add_noise(lat, noise.to(lat.dtype), sched.sigma(timesteps[0]))
+            keep = pending.result() if pending is not None else None  # the block's one host wait
+            x0 = lat
+            pruned = keep is not None and not keep.full
+            for i, t in enumerate(timesteps):
+                sigma = sched.sigma(t)
+                if keep is not None and keep.n_keep == 0:
+                    # Nothing changed: no pass runs; the first pass still lays the K/V duplicates.
+                    if i == 0:
+                        self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=True)
+                    x0 = x
+                else:
+                    flow = self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=i == 0)
+                    x0 = sched.x0_from_flow(x, flow, sigma)
+                if pruned:
+                    assert keep_grid is not None
+                    x0 = self.restoration.fill(x0, keep_grid)
+                if i + 1 < len(timesteps):
+                    noise = torch.randn(
+                        lat.shape, generator=self._gen, device=self.device, dtype=torch.float32
                     )
-                    keep = KeepSet.from_mask(keep_grid, self.lipar.bucket)
-            recovery = self.lipar.recovery
-            with timer.stage("dit"):
-                if self._blend is not None:
-                    b = self._blend
-                    w = min(1.0, (b.done + 1) / b.blocks)
-                    self._text_in_use = torch.lerp(b.start.float(), b.end.float(), w).to(b.end.dtype)
-                    self._cross = m.dit.text_kv(self._text_in_use)
-                ctx = m.dit.begin_block(self.cache, self.frame_index)
-                cross = self._cross
-                timesteps = sched.timesteps(self.steps)
-                n_frames = lat.shape[1]
-                noise = torch.randn(lat.shape, generator=self._gen, device=self.device, dtype=torch.float32)
-                x = sched.add_noise(lat, noise.to(lat.dtype), sched.sigma(timesteps[0]))
-                x0 = lat
-                pruned = keep is not None and not keep.full
-                for i, t in enumerate(timesteps):
-                    sigma = sched.sigma(t)
-                    if keep is not None and keep.n_keep == 0:
-                        # Nothing changed: no pass runs; the first pass still lays the K/V duplicates.
-                        if i == 0:
-                            self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=True)
-                        x0 = x
-                    else:
-                        flow = self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=i == 0)
-                        x0 = sched.x0_from_flow(x, flow, sigma)
-                    if pruned:
-                        assert keep_grid is not None
-                        x0 = self.restoration.fill(x0, keep_grid)
-                    if i + 1 < len(timesteps):
-                        noise = torch.randn(
-                            lat.shape, generator=self._gen, device=self.device, dtype=torch.float32
-                        )
-                        x = sched.add_noise(x0, noise.to(x0.dtype), sched.sigma(timesteps[i + 1]))
-                self.restoration.commit(x0)
-                self.last_latents = x0
-                # The clean t = 0 pass writes the KV cache (and the duplication source of the next block).
-                self._pass(x0, [0.0] * n_frames, cross, ctx, keep, recovery, memory=True)
-            with timer.stage("decode"):
-                pix = self.decoder(x0.to(m.autoencoder_dtype))  # [1, T_out, 3, H, W] in [0, 1]
-            out = pix[0].permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-            if out.is_cuda:
-                # Pinned host memory (PyTorch's caching host allocator): a 832x480 block is 14 MB, which takes
-                # 8.8 ms into pageable memory on an H200 and about a tenth of that pinned.
-                host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-                host.copy_(out, non_blocking=True)
-                torch.cuda.current_stream(out.device).synchronize()
-                out = host
-            else:
-                out = out.cpu()
+                    x = sched.add_noise(x0, noise.to(x0.dtype), sched.sigma(timesteps[i + 1]))
+            self.restoration.commit(x0)
+            self.last_latents = x0
+            # The clean t = 0 pass writes the KV cache (and the duplication source of the next block).
+            self._pass(x0, [0.0] * n_frames, cross, ctx, keep, recovery, memory=True)
+        to_decode = x0.to(m.autoencoder_dtype)
+        if self.device.type == "cuda":
+            if self._decode_stream is None:
+                self._decode_stream = torch.cuda.Stream(self.device)
+            latents_ready = torch.cuda.Event()
+            latents_ready.record()
+            side = self._decode_stream
+            side.wait_event(latents_ready)
+            with torch.cuda.stream(side):
+                to_decode.record_stream(side)  # the allocator keeps it until the decode has read it
+                out, done = self._decode(to_decode, timer, total)
+        else:
+            out, done = self._decode(to_decode, timer, total)
         stats = BlockStats(
             index=self.block_index,
-            ms=timer.finish(),
+            ms={},
             prune_ratio=keep.prune_ratio if keep is not None else 0.0,
-            token_mask=keep_grid[0].cpu() if keep_grid is not None else None,
+            token_mask=mask_host,
             frames_in=int(frames.shape[0]),
             frames_out=int(out.shape[0]),
             prompt=self.prompt,
@@ -369,4 +401,61 @@ class StreamEditor:
                 self._blend = None
         self.block_index += 1
         self.frame_index += n_frames
-        return out, stats
+        return BlockTicket(out, stats, timer, done)
+
+    def _encode(self, frames: torch.Tensor, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 frames -> (model frames [1, T, 3, H, W] in [0, 1], latents [1, F, C, h, w]) on the current
+        stream."""
+        x_in = self._to_model_frames(frames)
+        with timer.stage("encode"):
+            lat = self.encoder(x_in.to(self.models.autoencoder_dtype)).to(self.dtype)
+        return x_in, lat
+
+    def _decode(
+        self, latents: torch.Tensor, timer: StageTimer, total: tuple[str, object]
+    ) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Decode a block's latents on the current stream into uint8 [T_out, H, W, 3] host frames (pinned on
+        CUDA, filled asynchronously: ready when the returned event has completed); closes the ``total``
+        stage after the copy."""
+        with timer.stage("decode"):
+            pix = self.decoder(latents)  # [1, T_out, 3, H, W] in [0, 1]
+            out = pix[0].permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        if not out.is_cuda:
+            timer.stop(total)
+            return out, None
+        # Pinned host memory (PyTorch's caching host allocator): a 832x480 block is 14 MB, which takes 8.8 ms
+        # into pageable memory on an H200 and about a tenth of that pinned.
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        timer.stop(total)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` on the host; from CUDA into pinned memory without waiting (valid once the work queued
+    so far on the current stream has completed)."""
+    if not t.is_cuda:
+        return t.clone()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+@dataclass
+class BlockTicket:
+    """A submitted block (:meth:`StreamEditor.submit_block`); :meth:`result` waits for its frames."""
+
+    frames: torch.Tensor  # uint8 [T_out, H, W, 3] on the host, complete once ``done`` has completed
+    stats: BlockStats  # ms filled in by result()
+    timer: StageTimer
+    done: torch.cuda.Event | None
+
+    def result(self) -> tuple[torch.Tensor, BlockStats]:
+        """(frames_out, stats) of the block, as :meth:`StreamEditor.process_block` returns them."""
+        if self.done is not None:
+            self.done.synchronize()
+        if not self.stats.ms:
+            self.stats.ms = self.timer.finish()
+        return self.frames, self.stats

@@ -21,27 +21,51 @@ class StageTimer:
         self.cuda = device.type == "cuda"
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._ms: dict[str, float] = {}
+        self._ranges: list[torch.profiler.record_function] = []
+
+    def start(self, name: str) -> tuple[str, object]:
+        """Open stage ``name`` now (on the current CUDA stream); close it with :meth:`stop`, possibly after
+        switching streams (a stage that starts on one stream and ends on another spans both). Under
+        ``torch.profiler`` the stage also shows as a ``stage:NAME`` range."""
+        if torch.autograd.profiler._is_profiler_enabled:
+            rf = torch.profiler.record_function(f"stage:{name}")
+            rf.__enter__()
+            self._ranges.append(rf)
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return name, ev
+        return name, time.perf_counter()
+
+    def stop(self, handle: tuple[str, object]) -> None:
+        """Close a stage opened by :meth:`start` (on the current CUDA stream)."""
+        name, begun = handle
+        for rf in self._ranges:
+            if rf.name == f"stage:{name}":
+                self._ranges.remove(rf)
+                rf.__exit__(None, None, None)
+                break
+        if self.cuda:
+            assert isinstance(begun, torch.cuda.Event)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((name, begun, end))
+        else:
+            assert isinstance(begun, float)
+            self._ms[name] = self._ms.get(name, 0.0) + (time.perf_counter() - begun) * 1e3
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the enclosed work as stage ``name`` (repeated names add up)."""
-        if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            self._events.append((name, start, end))
-        else:
-            t0 = time.perf_counter()
-            yield
-            self._ms[name] = self._ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+        handle = self.start(name)
+        yield
+        self.stop(handle)
 
     def finish(self) -> dict[str, float]:
-        """Milliseconds per stage (synchronises the device once on CUDA)."""
+        """Milliseconds per stage (waits for every stage's end on CUDA)."""
         if self.cuda and self._events:
-            self._events[-1][2].synchronize()
             for name, s, e in self._events:
+                e.synchronize()
                 self._ms[name] = self._ms.get(name, 0.0) + s.elapsed_time(e)
             self._events.clear()
         return dict(self._ms)

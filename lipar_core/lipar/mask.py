@@ -136,19 +136,27 @@ class PruneMasker:
         self.patch_hw = (geometry.patch[1], geometry.patch[2])
         self.use_cuda_graph = use_cuda_graph
         self._gauss: dict[torch.device, torch.Tensor] = {}
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._cur_static: torch.Tensor | None = None
+        self._out_static: torch.Tensor | None = None
+        self._spare: PruneMasker._State | None = None
+        self._last: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
-        """Forget all history (a new stream or a cut)."""
-        self._last: torch.Tensor | None = None  # [B, 1, C, h, w] last input latent (or pixel frame)
+        """Forget all history (a new stream or a cut).
+
+        The history buffers and the CUDA graph that reads and writes them are kept: the next stream's first
+        block copies its history into them, so the graph is not captured again (a capture synchronises the
+        device and costs milliseconds: once per stream start, it used to cost every stream's second block)."""
+        if self._last is not None:
+            self._spare = self._state_buffers()
+        self._last = None  # [B, 1, C, h, w] last input latent (or pixel frame)
         self._d_hist: torch.Tensor | None = None  # [B, 2, gh, gw] raw distances of the last 2 frames
         self._g_hist: torch.Tensor | None = None  # [B, 1, gh, gw] median-filtered distance of the last frame
         self._k_hist: torch.Tensor | None = None  # [B, 2, gh, gw] thresholded masks of the last 2 frames
         self._o_hist: torch.Tensor | None = None  # [B, 1, gh, gw] opened/closed mask of the last frame
         self._ref: torch.Tensor | None = None  # [B, 1, C, h, w] drift reference latent
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._cur_static: torch.Tensor | None = None
-        self._out_static: torch.Tensor | None = None
 
     def _token_size(self, pixel: bool) -> tuple[int, int]:
         """Size of one token in the compared tensor (latent cells, or pixels for the pixel source)."""
@@ -216,8 +224,17 @@ class PruneMasker:
         if steady and cur.is_cuda and self.use_cuda_graph:
             return self._replay(cur, pixel)
         out, state = self._compute(cur, pixel, force_full)
+        spare, self._spare = self._spare, None
+        if spare is not None and all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+            for a, b in zip(spare, state, strict=True)
+        ):
+            for dst, src in zip(spare, state, strict=True):
+                dst.copy_(src)
+            state = spare  # same tensors as before the reset: a captured graph stays valid
+        else:
+            self._graph = None  # the state tensors changed identity: recapture on the next steady call
         self._d_hist, self._g_hist, self._k_hist, self._o_hist, self._last, self._ref = state
-        self._graph = None  # the state tensors changed identity: recapture on the next steady call
         return out
 
     _State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

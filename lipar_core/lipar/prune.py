@@ -47,14 +47,62 @@ class KeepSet:
         """Build the index set from a block mask [1, F, gh, gw] (or [F, gh, gw]) bool.
 
         Reads the kept count on the host: the one synchronisation per block, since the count sets the shapes
-        of every layer's tensors (padding to buckets keeps the number of distinct shapes small).
+        of every layer's tensors (padding to buckets keeps the number of distinct shapes small). To overlap
+        that wait with other host work, use :meth:`begin` and :meth:`PendingKeepSet.result`.
+        """
+        return cls.begin(keep, bucket).result()
+
+    @classmethod
+    def begin(cls, keep: torch.Tensor, bucket: int = 128) -> PendingKeepSet:
+        """Start building the index set: everything on the device, the kept count on its way to the host.
+
+        The kept indices, already padded for any count (positions past the count repeat the last kept index),
+        are computed on the device; the count is copied to pinned host memory without blocking. The host
+        waits only in :meth:`PendingKeepSet.result`, so work queued in between overlaps the device's mask
+        computation.
         """
         flat = keep.reshape(-1)
         n_total = int(flat.shape[0])
-        n_keep = int(flat.sum())  # host sync: the data-dependent shape of this block
-        n_pad = min(n_total, math.ceil(n_keep / bucket) * bucket) if n_keep else 0
+        count = flat.sum()  # int64 [] on the device
         order = torch.argsort((~flat).to(torch.int8), stable=True)  # kept indices first, ascending
-        idx = order[:n_pad].clone()
-        if n_keep and n_pad > n_keep:
-            idx[n_keep:] = idx[n_keep - 1]
-        return cls(mask=flat, idx=idx, n_keep=n_keep, n_total=n_total)
+        last = order.gather(0, (count - 1).clamp_(min=0).reshape(1))
+        positions = torch.arange(n_total, device=flat.device)
+        padded = torch.where(positions < count, order, last)
+        if flat.is_cuda:
+            host = torch.empty((), dtype=count.dtype, pin_memory=True)
+            host.copy_(count, non_blocking=True)
+            ready: torch.cuda.Event | None = torch.cuda.Event()
+            assert ready is not None
+            ready.record()
+        else:
+            host, ready = count, None
+        return PendingKeepSet(flat, padded, host, ready, n_total, bucket)
+
+
+@dataclass(frozen=True)
+class PendingKeepSet:
+    """A :class:`KeepSet` whose kept count is still on its way to the host (:meth:`KeepSet.begin`).
+
+    Attributes:
+        mask: [N] bool token mask.
+        padded: [N] int64 kept indices first (ascending), the rest repeating the last kept index.
+        count: the kept count, int64 [] in pinned host memory once ``ready`` has completed.
+        ready: CUDA event after the count's copy (None on the CPU: the count is already there).
+        n_total: tokens in the block.
+        bucket: padding multiple.
+    """
+
+    mask: torch.Tensor
+    padded: torch.Tensor
+    count: torch.Tensor
+    ready: torch.cuda.Event | None
+    n_total: int
+    bucket: int
+
+    def result(self) -> KeepSet:
+        """Wait for the count (the block's host synchronisation) and return the index set."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        n_keep = int(self.count)
+        n_pad = min(self.n_total, math.ceil(n_keep / self.bucket) * self.bucket) if n_keep else 0
+        return KeepSet(mask=self.mask, idx=self.padded[:n_pad], n_keep=n_keep, n_total=self.n_total)

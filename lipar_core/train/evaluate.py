@@ -28,12 +28,14 @@ from typing import Any
 import torch
 
 from lipar_core.bench import psnr
+from lipar_core.bundle import bundle_train_config
+from lipar_core.config import PresetConfig
 from lipar_core.editor import StreamEditor
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.train.data import heldout_streams
 from lipar_core.train.demo import to_float_frames
-from lipar_core.train.styles import STYLE_PROMPTS, edge_similarity, nearest_style
+from lipar_core.train.styles import STYLE_PROMPTS, apply_style, edge_similarity, nearest_style
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,22 @@ def run_stream(models: EditorModels, prompt: str, frames: torch.Tensor, lipar: L
     return {"frames": torch.cat(outs), "ms": ms, "prune": prune}
 
 
+def trained_preset(bundle: Path) -> PresetConfig:
+    """The ``tiny`` preset on ``bundle``, with the denoising steps and shift the bundle was trained for (a
+    model trained at one noise level edits poorly at another)."""
+    train = bundle_train_config(bundle)
+    cfg = get_preset_config("tiny").with_bundle(bundle)
+    sched = {
+        **cfg.scheduler.model_dump(),
+        "denoising_steps": train["denoising_steps"],
+        "shift": train["shift"],
+    }
+    return cfg.with_overrides(scheduler=sched)
+
+
 def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[str, Any]:
     """The report described in the module docstring (a JSON-able dict)."""
-    cfg = get_preset_config("tiny").with_bundle(bundle)
+    cfg = trained_preset(bundle)
     models = load_preset(cfg)
     streams = heldout_streams(
         blocks, cfg.stream.height, cfg.stream.width, models.geometry.pixel_frames_per_block
@@ -86,6 +101,7 @@ def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[s
         log.info("%s: %s", style, per)
     report["edit_accuracy"] = correct / max(total, 1)
     report["edge_similarity_mean"] = sum(edge_scores) / max(len(edge_scores), 1)
+    report["edge_similarity_references"] = edge_references(streams)
     # Unknown prompt: pass-through.
     unknown = {}
     for name, frames in streams.items():
@@ -94,6 +110,21 @@ def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[s
     report["unknown_prompt_psnr_vs_input_db"] = unknown
     report["lipar"] = lipar_comparison(models, streams, lipar)
     return report
+
+
+def edge_references(streams: dict[str, torch.Tensor]) -> dict[str, float]:
+    """What the edge similarity of an output means: the procedural style targets' own similarity to their
+    input (what a perfect edit scores, mean over styles and streams), and that of unrelated frames (each
+    stream's input against the next stream's: structure not kept)."""
+    cpu = torch.device("cpu")
+    frames = [to_float_frames(f, cpu) for f in streams.values()]
+    targets = [
+        float(edge_similarity(apply_style(style, x), x).mean()) for style in STYLE_PROMPTS for x in frames
+    ]
+    unrelated = [
+        float(edge_similarity(a, b).mean()) for a, b in zip(frames, frames[1:] + frames[:1], strict=True)
+    ]
+    return {"style_targets": sum(targets) / len(targets), "unrelated_frames": sum(unrelated) / len(unrelated)}
 
 
 def lipar_comparison(

@@ -175,6 +175,10 @@ class ModelInfo(BaseModel):
     width: int = Field(description="model frame width (pixels)")
     height: int = Field(description="model frame height (pixels)")
     frames_per_block: int = Field(description="pixel frames consumed and produced per block")
+    strength: float = Field(
+        description="the preset's default edit strength (first denoising step / 1000); the page starts with it"
+    )
+    steps: int = Field(description="the preset's default number of denoising steps")
     prompts: dict[str, list[str]] | None = Field(
         description="edit name -> the prompts the model was trained on, canonical first; null for an "
         "open-vocabulary model (any prompt) or when the vocabulary could not be read"

@@ -48,7 +48,9 @@ class FrameSlab:
         return self._array[i]
 
     def close(self) -> None:
-        """Detach; the owner also unlinks the segment."""
+        """Detach; the owner also unlinks the segment. Closing again does nothing."""
+        if not hasattr(self, "_array"):
+            return
         del self._array
         self.shm.close()
         if self.owner:

@@ -4,6 +4,11 @@ One worker per device. It loads the model once, then loops: drain every queued m
 to the sessions' editors now, i.e. at a block boundary), then run ONE block for the next session in round-
 robin order that has a block waiting. Sessions are thus served block by block in turn and a busy session
 cannot starve the others. Each session has at most a few blocks in flight (the server bounds it).
+
+On a GPU the worker overlaps one block's decoding with the next block's work: it submits the next block
+(``StreamEditor.submit_block``: encode, mask and DiT queued, the decoder on its own CUDA stream) before it
+collects the previous one's frames, whenever another block is waiting; with nothing waiting it collects at
+once, so a lone real-time session gets no extra latency. Blocks of one session are collected in order.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import multiprocessing as mp
 import os
 import queue
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +42,17 @@ class _Session:
         self.control_id = 0
 
 
+class _InFlight(NamedTuple):
+    """A submitted block whose frames are still being decoded."""
+
+    sid: str
+    session: _Session
+    blk: m.SubmitBlock
+    ticket: Any  # lipar_core.editor.BlockTicket: result() -> (frames, stats)
+    t0: float
+    control_id: int  # the session's last control applied before the block was submitted
+
+
 class WorkerLoop:
     """The worker's state: its editors, its slab and the round-robin order."""
 
@@ -49,6 +65,9 @@ class WorkerLoop:
         self.running = True
         self.parent = mp.parent_process()
         self.heap = HeapTrimmer(_HEAP_TRIM_INTERVAL_S)
+        # Only a GPU decodes on a stream of its own; on a CPU submit_block does everything before returning.
+        self.overlap = torch.device(device).type == "cuda"
+        self.inflight: _InFlight | None = None
 
     def run(self) -> None:
         """Serve until a :class:`~server.worker.messages.Stop` arrives or the queue breaks."""
@@ -56,10 +75,13 @@ class WorkerLoop:
         self.results.put(m.WorkerReady(os.getpid(), f.frames_per_block, f.height, f.width))
         while self.running:
             busy = any(s.pending for s in self.sessions.values())
+            if not busy:
+                self._collect()  # nothing to overlap with: deliver now
             self._drain(block=not busy)
             if self.running:
                 self._run_one_block()
                 self._settle_memory()
+        self._collect()
         if self.slab is not None:
             self.slab.close()
 
@@ -158,19 +180,65 @@ class WorkerLoop:
         view = self.slab.slot(blk.slot)
         frames = torch.from_numpy(view[: blk.n_frames].copy())  # the editor may keep its input
         t0 = time.perf_counter()
+        submit = getattr(s.editor, "submit_block", None) if self.overlap else None
         try:
             with torch.inference_mode():
-                out, stats = s.editor.process_block(frames)
+                if submit is not None:
+                    ticket = submit(frames)
+                else:
+                    out, stats = s.editor.process_block(frames)
         except Exception as e:
-            log.exception("block %d of session %s failed", blk.seq, sid)
-            self.sessions.pop(sid, None)
-            self.order.remove(sid)
-            self.results.put(
-                m.SessionError(sid, f"the model failed on a block: {e}", fatal=True, slot=blk.slot)
-            )
-            if s.pending:
-                self.results.put(m.SlotsFreed(sid, tuple(b.slot for b in s.pending)))
+            self._collect()
+            self._fail(sid, s, blk, e)
             return
+        if submit is None:
+            self._deliver(sid, s, blk, out, stats, t0, s.control_id)
+            return
+        previous, self.inflight = self.inflight, _InFlight(sid, s, blk, ticket, t0, s.control_id)
+        if previous is not None:
+            self._finish(previous)
+
+    def _collect(self) -> None:
+        """Deliver the block in flight, if any."""
+        previous, self.inflight = self.inflight, None
+        if previous is not None:
+            self._finish(previous)
+
+    def _finish(self, f: _InFlight) -> None:
+        try:
+            with torch.inference_mode():
+                out, stats = f.ticket.result()
+        except Exception as e:
+            self._fail(f.sid, f.session, f.blk, e)
+            return
+        self._deliver(f.sid, f.session, f.blk, out, stats, f.t0, f.control_id)
+
+    def _fail(self, sid: str, s: _Session, blk: m.SubmitBlock, e: Exception) -> None:
+        """A block failed: end its session (fatal error to the server), free its slots; the worker lives on."""
+        log.error("block %d of session %s failed", blk.seq, sid, exc_info=e)
+        if self.sessions.get(sid) is s:
+            self.sessions.pop(sid)
+            self.order.remove(sid)
+        self.results.put(m.SessionError(sid, f"the model failed on a block: {e}", fatal=True, slot=blk.slot))
+        if s.pending:
+            self.results.put(m.SlotsFreed(sid, tuple(b.slot for b in s.pending)))
+            s.pending.clear()
+
+    def _deliver(
+        self,
+        sid: str,
+        s: _Session,
+        blk: m.SubmitBlock,
+        out: torch.Tensor,
+        stats: Any,
+        t0: float,
+        control_id: int,
+    ) -> None:
+        assert self.slab is not None
+        if self.sessions.get(sid) is not s:  # closed while its block was in flight: just free the slot
+            self.results.put(m.SlotsFreed(sid, (blk.slot,)))
+            return
+        view = self.slab.slot(blk.slot)
         n_out = min(int(out.shape[0]), self.slab.slot_frames)
         view[:n_out] = out[:n_out].numpy()
         ms = {k: float(v) for k, v in (getattr(stats, "ms", None) or {}).items()}
@@ -189,7 +257,7 @@ class WorkerLoop:
                 index=int(getattr(stats, "index", blk.seq)),
                 ms=ms,
                 prune_ratio=float(getattr(stats, "prune_ratio", 0.0)),
-                control_id=s.control_id,
+                control_id=control_id,
                 mask_grid=mask_grid,
                 mask_bits=mask_bits,
             )

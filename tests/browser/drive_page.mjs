@@ -15,6 +15,7 @@ import { chromium } from 'playwright-core';
 
 const [url, y4m, outDir, FIRST_PROMPT, SECOND_PROMPT] = process.argv.slice(2);
 const MIN_FRAMES = Number(process.env.MIN_FRAMES || 60);
+const SETTLE_FRAMES = 48; // four 12-frame blocks: more than the server keeps queued for one session
 const TOKEN = process.env.LIPAR_TEST_TOKEN || '';
 const EXPECTED_CONSOLE = /Failed to load resource: the server responded with a status of (401|503)/;
 const t0 = Date.now();
@@ -125,6 +126,7 @@ try {
     return { done: s.framesDecoded > MIN_FRAMES, ...s };
   });
   mark('frames_decoded', { stats: first });
+  await page.mouse.move(0, 0); // no hover highlight in the picture
   result.screenshot_first = path.join(outDir, 'page-first.png');  // edited with the first prompt
   await page.screenshot({ path: result.screenshot_first });
   result.frames_decoded = first.framesDecoded;
@@ -158,6 +160,13 @@ try {
     const text = await page.textContent('#applied');
     return { done: text.includes(SECOND_PROMPT), text };
   });
+  // Frames edited with the old prompt may still be queued on their way to the screen (the outbound pacing and
+  // the jitter buffer): let SETTLE_FRAMES more frames arrive so that the screenshot shows the new prompt.
+  const atApply = (await page.evaluate(() => window.__lipar.stats())).framesDecoded;
+  await waitFor('frames edited with the new prompt on screen', 30000, async () => {
+    const s = await page.evaluate(() => window.__lipar.stats());
+    return { done: s.framesDecoded >= atApply + SETTLE_FRAMES, framesDecoded: s.framesDecoded };
+  });
   const end = await page.evaluate(() => window.__lipar.stats());
   result.frames_decoded_end = end.framesDecoded;
   result.overlay = await page.evaluate(() =>
@@ -166,6 +175,7 @@ try {
   result.connection = await page.textContent('#conn');
   result.error_banner_hidden = await page.evaluate(() => document.getElementById('error').hidden);
 
+  await page.mouse.move(0, 0); // no hover highlight in the picture
   result.screenshot = path.join(outDir, 'page.png');
   await page.screenshot({ path: result.screenshot });
 

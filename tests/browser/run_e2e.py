@@ -2,7 +2,10 @@
 models and the style vocabulary), Chromium driven by
 ``drive_page.mjs``. Meant to run inside a private network namespace (only loopback), which the test sets up:
 
-    unshare -n bash -c 'ip link set lo up && exec python -m tests.browser.run_e2e OUT_DIR'
+    unshare -n bash -c 'ip link set lo up && exec python -m tests.browser.run_e2e OUT_DIR [PRESET]'
+
+PRESET (default: the random-weight bundle preset below) names another preset, e.g. ``tiny`` (the trained demo
+model) for the README's screenshots.
 
 Writes ``OUT_DIR/result.json`` (the driver's result plus the server log tail) and the screenshots.
 """
@@ -74,12 +77,12 @@ def bundle_preset(out_dir: Path) -> Path:
     return path
 
 
-def run(out_dir: Path, timeout_s: float = 100.0) -> dict[str, object]:
+def run(out_dir: Path, timeout_s: float = 100.0, preset: str | None = None) -> dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     y4m = make_y4m(out_dir / "webcam.y4m")
     token = secrets.token_hex(16)
     env = {
-        "LIPAR_CONFIG": str(bundle_preset(out_dir)),
+        "LIPAR_CONFIG": preset or str(bundle_preset(out_dir)),
         "LIPAR_DEVICES": "cpu",
         "LIPAR_SESSIONS_PER_WORKER": "1",  # so the page can be shown a full server
         "LIPAR_API_TOKEN": token,
@@ -112,5 +115,5 @@ def run(out_dir: Path, timeout_s: float = 100.0) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    res = run(Path(sys.argv[1]))
+    res = run(Path(sys.argv[1]), preset=sys.argv[2] if len(sys.argv) > 2 else None)
     sys.exit(0 if res.get("ok") else 1)

@@ -24,5 +24,8 @@ def test_bench_runs_all_variants_and_writes_json_and_table(tmp_path: Path) -> No
     assert win["prune_ratio"] == 0 and lip["prune_ratio"] > 0.3  # the static-camera clip prunes most tokens
     assert r["variants"]["self_forcing"]["settings"]["m"] == [0, 21]
     assert lip["fps"] > 0 and "psnr_frames_db" in lip and "psnr_latents_kept_db" in lip
+    for v in r["variants"].values():  # wall-clock passes, sequential and pipelined, edit the same frames
+        a = v["all"]
+        assert a["repeatable"] is True and a["fps_wall_pipelined"] > 0 and a["first_block_ms"] > 0
     table = out.with_suffix(".md").read_text()
-    assert "| lipar | [1, 8] |" in table and "| window | [1, 8] | " in table
+    assert "wall fps pipelined" in table and "| lipar | [1, 8] |" in table and "| window | [1, 8] | " in table

@@ -43,6 +43,24 @@ def test_output_shape_stats_and_determinism(models: EditorModels) -> None:
     assert st[0].token_mask is not None and st[0].token_mask.shape == (3, 16, 16)
 
 
+def test_submitting_ahead_edits_the_same_frames(models: EditorModels) -> None:
+    """Tickets collected after the next block was submitted (the overlapped path) give exactly the frames and
+    stats of blocks processed one by one, and each ticket's result can be read again."""
+    frames = real_frames("carphone_pristine.mp4", 36, 256, 256)
+    lip = LiparConfig(**{**models.config.lipar, "enabled": True})
+    ref, ref_stats = _run(StreamEditor(models, "a watercolor painting", seed=3, lipar=lip), frames)
+    ed = StreamEditor(models, "a watercolor painting", seed=3, lipar=lip)
+    tickets = [ed.submit_block(frames[b * 12 : (b + 1) * 12]) for b in range(3)]
+    results = [t.result() for t in tickets]
+    assert torch.equal(torch.cat([o for o, _ in results]), ref)
+    for (_, s), r in zip(results, ref_stats, strict=True):
+        assert s.index == r.index and s.prune_ratio == r.prune_ratio and set(s.ms) == set(r.ms)
+        assert torch.equal(s.token_mask, r.token_mask)
+    assert results[1][1].prune_ratio > 0  # the overlapped blocks really pruned
+    again = tickets[2].result()
+    assert again[0] is results[2][0] and again[1].ms == results[2][1].ms
+
+
 def test_prompt_cut_and_smooth(models: EditorModels) -> None:
     frames = real_frames("bigbuckbunny.mp4", 48, 256, 256)
     base, _ = _run(StreamEditor(models, "a knight", seed=1), frames)

@@ -86,6 +86,8 @@ async def test_random_preset_is_open_vocabulary(client_for) -> None:
         "width": 256,
         "height": 256,
         "frames_per_block": 12,
+        "strength": 0.4,
+        "steps": 3,
         "prompts": None,
     }
     assert "/v1/model" in (await api.get("/openapi.json")).json()["paths"]
@@ -138,6 +140,13 @@ def test_not_a_bundle_gives_prompts_null(tmp_path: Path, caplog: pytest.LogCaptu
         info = model_route.read_model_info(str(_preset(tmp_path, other, "other")))
     assert info.prompts is None and info.frames_per_block == 8
     assert any("not a model bundle" in rec.getMessage() for rec in caplog.records)
+
+
+def test_embedded_default_reports_its_trained_strength_and_styles() -> None:
+    info = model_route.read_model_info("tiny")  # the shipped demo bundle: trained at strength 0.15, 3 steps
+    assert (info.strength, info.steps) == (0.15, 3)
+    assert info.prompts is not None and len(info.prompts) == 8
+    assert info.prompts["negative"][:2] == ["photo negative", "inverted colors"]
 
 
 def test_unknown_preset_raises() -> None:

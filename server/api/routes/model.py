@@ -53,6 +53,8 @@ def read_model_info(config: str) -> ModelInfo:
         width=geometry.width,
         height=geometry.height,
         frames_per_block=geometry.pixel_frames_per_block,
+        strength=cfg.scheduler.denoising_steps[0] / cfg.scheduler.num_train_timesteps,
+        steps=len(cfg.scheduler.denoising_steps),
         prompts=prompts,
     )
 

@@ -126,6 +126,26 @@ def test_reset_forgets_history() -> None:
     torch.testing.assert_close(a(lat[None, 3:], force_full=False), fresh(lat[None, 3:], force_full=False))
 
 
+def test_reset_keeps_history_buffers_for_the_next_stream() -> None:
+    """After a reset the next stream's masks equal a fresh masker's, and its history lives in the same tensors
+    as before (a CUDA graph captured over them stays valid: no capture per stream start)."""
+    geo = StreamGeometry(height=128, width=192)
+    f = geo.latent_frames_per_block
+    lat = _moving_latents(4 * f)
+    other = torch.flip(lat, dims=[-1]) * 0.5
+    m = PruneMasker(LiparConfig(), geo)
+    for b in range(2):
+        m(lat[None, b * f : (b + 1) * f], force_full=b == 0)
+    before = [t.data_ptr() for t in m._state_buffers()]
+    m.reset()
+    fresh = PruneMasker(LiparConfig(), geo)
+    for b in range(4):
+        blk = other[None, b * f : (b + 1) * f]
+        assert torch.equal(m(blk, force_full=b == 0), fresh(blk, force_full=b == 0))
+        if b == 0:
+            assert [t.data_ptr() for t in m._state_buffers()] == before
+
+
 def test_external_and_pixel_sources() -> None:
     geo = StreamGeometry(height=64, width=64)
     masker = PruneMasker(LiparConfig(mask_source="external"), geo)

@@ -27,6 +27,7 @@ def _cfg(**kw: object) -> DemoConfig:
         ae_crop=32,
         dit_size=64,
         ae_batch=1,
+        dit_batch=2,
         dit_blocks=2,
         pool_streams=2,
         transformer={**DemoConfig().transformer, "num_layers": 1, "ffn_dim": 64},
