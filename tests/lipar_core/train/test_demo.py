@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,19 @@ def test_resume_copies_a_bundles_weights(tmp_path: Path) -> None:
         assert torch.equal(a.half().float(), b), k
     for (k, a), b in zip(ae.state_dict().items(), ae2.state_dict().values(), strict=True):
         assert torch.equal(a.half().float(), b), k
+
+
+def test_stage_clock_ends_on_steps_or_seconds_and_shapes_the_rate() -> None:
+    from lipar_core.train.demo import StageClock
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    clock = StageClock(20, None, warmup=0.1)
+    rates = []
+    for _ in clock.steps_of(opt, [2.0]):
+        rates.append(opt.param_groups[0]["lr"])
+    assert len(rates) == 20
+    assert rates[0] < rates[2] == pytest.approx(2.0)  # warm-up to the peak over the first 10 %
+    assert rates[-1] < 0.1 * 2.0 and all(a >= b for a, b in itertools.pairwise(rates[2:]))  # then decays
+    assert list(StageClock(1000, 0.0).steps_of(opt, [1.0])) == []  # no time left: no step
+    with pytest.raises(ValueError):
+        StageClock(-1, None)
