@@ -27,7 +27,7 @@ from lipar_core.lipar.prune import KeepSet, PendingKeepSet
 from lipar_core.lipar.restore import RestorationBuffer
 from lipar_core.models.graphs import GraphedDiT
 from lipar_core.scheduler import make_step_list
-from lipar_core.timing import StageTimer
+from lipar_core.timing import StageHandle, StageTimer
 from lipar_core.video_io import fit_frames
 
 if TYPE_CHECKING:
@@ -411,7 +411,7 @@ class StreamEditor:
         return x_in, lat
 
     def _decode(
-        self, latents: torch.Tensor, timer: StageTimer, total: tuple[str, object]
+        self, latents: torch.Tensor, timer: StageTimer, total: StageHandle
     ) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Decode a block's latents on the current stream into uint8 [T_out, H, W, 3] host frames (pinned on
         CUDA, filled asynchronously: ready when the returned event has completed); closes the ``total``
@@ -424,8 +424,7 @@ class StreamEditor:
             return out, None
         # Pinned host memory (PyTorch's caching host allocator): a 832x480 block is 14 MB, which takes 8.8 ms
         # into pageable memory on an H200 and about a tenth of that pinned.
-        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-        host.copy_(out, non_blocking=True)
+        host = _to_host(out)
         timer.stop(total)
         done = torch.cuda.Event()
         done.record()

@@ -6,8 +6,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
+
+
+class StageHandle(NamedTuple):
+    """An open stage (:meth:`StageTimer.start`): its name, its start (a CUDA event or ``perf_counter``
+    seconds) and its profiler range, if a profiler is running."""
+
+    name: str
+    begun: torch.cuda.Event | float
+    profiled: torch.profiler.record_function | None
 
 
 class StageTimer:
@@ -21,38 +31,33 @@ class StageTimer:
         self.cuda = device.type == "cuda"
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._ms: dict[str, float] = {}
-        self._ranges: list[torch.profiler.record_function] = []
 
-    def start(self, name: str) -> tuple[str, object]:
+    def start(self, name: str) -> StageHandle:
         """Open stage ``name`` now (on the current CUDA stream); close it with :meth:`stop`, possibly after
         switching streams (a stage that starts on one stream and ends on another spans both). Under
         ``torch.profiler`` the stage also shows as a ``stage:NAME`` range."""
+        profiled = None
         if torch.autograd.profiler._is_profiler_enabled:
-            rf = torch.profiler.record_function(f"stage:{name}")
-            rf.__enter__()
-            self._ranges.append(rf)
+            profiled = torch.profiler.record_function(f"stage:{name}")
+            profiled.__enter__()
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
-            return name, ev
-        return name, time.perf_counter()
+            return StageHandle(name, ev, profiled)
+        return StageHandle(name, time.perf_counter(), profiled)
 
-    def stop(self, handle: tuple[str, object]) -> None:
+    def stop(self, handle: StageHandle) -> None:
         """Close a stage opened by :meth:`start` (on the current CUDA stream)."""
-        name, begun = handle
-        for rf in self._ranges:
-            if rf.name == f"stage:{name}":
-                self._ranges.remove(rf)
-                rf.__exit__(None, None, None)
-                break
-        if self.cuda:
-            assert isinstance(begun, torch.cuda.Event)
+        if handle.profiled is not None:
+            handle.profiled.__exit__(None, None, None)
+        if isinstance(handle.begun, torch.cuda.Event):
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-            self._events.append((name, begun, end))
+            self._events.append((handle.name, handle.begun, end))
         else:
-            assert isinstance(begun, float)
-            self._ms[name] = self._ms.get(name, 0.0) + (time.perf_counter() - begun) * 1e3
+            self._ms[handle.name] = (
+                self._ms.get(handle.name, 0.0) + (time.perf_counter() - handle.begun) * 1e3
+            )
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -15,7 +15,7 @@ import { chromium } from 'playwright-core';
 
 const [url, y4m, outDir, FIRST_PROMPT, SECOND_PROMPT] = process.argv.slice(2);
 const MIN_FRAMES = Number(process.env.MIN_FRAMES || 60);
-const SETTLE_FRAMES = 48; // four 12-frame blocks: more than the server keeps queued for one session
+const SETTLE_BLOCKS = 4; // more blocks than the server keeps queued for one session
 const TOKEN = process.env.LIPAR_TEST_TOKEN || '';
 const EXPECTED_CONSOLE = /Failed to load resource: the server responded with a status of (401|503)/;
 const t0 = Date.now();
@@ -161,7 +161,9 @@ try {
     return { done: text.includes(SECOND_PROMPT), text };
   });
   // Frames edited with the old prompt may still be queued on their way to the screen (the outbound pacing and
-  // the jitter buffer): let SETTLE_FRAMES more frames arrive so that the screenshot shows the new prompt.
+  // the jitter buffer): let SETTLE_BLOCKS more blocks of frames arrive so that the screenshot shows the new prompt.
+  const model = await (await fetch(`${url}/v1/model`)).json();
+  const SETTLE_FRAMES = SETTLE_BLOCKS * model.frames_per_block;
   const atApply = (await page.evaluate(() => window.__lipar.stats())).framesDecoded;
   await waitFor('frames edited with the new prompt on screen', 30000, async () => {
     const s = await page.evaluate(() => window.__lipar.stats());

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lipar_core.bundle import bundle_train_config, bundle_vocabulary
+from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import bundle_path, get_preset_config, load_preset
 from lipar_core.train.data import heldout_streams
@@ -38,7 +39,12 @@ def test_tiny_preset_is_the_shipped_bundle_with_its_training_settings() -> None:
 
 @pytest.fixture(scope="module")
 def carphone() -> torch.Tensor:
-    return heldout_streams(2, 256, 256, 12)["carphone_pristine.mp4"]  # held out from training
+    cfg = get_preset_config("tiny")
+    geo = StreamGeometry(
+        cfg.stream.height, cfg.stream.width, latent_frames_per_block=cfg.stream.latent_frames_per_block
+    )
+    streams = heldout_streams(2, geo.height, geo.width, geo.pixel_frames_per_block)
+    return streams["carphone_pristine.mp4"]  # held out from training
 
 
 @pytest.mark.parametrize(
