@@ -77,9 +77,12 @@ def check_first_block() -> None:
         if name == "1.3b_bf16":
             check_compiled_equals_eager(dit, geo, x, text)
             pass_timings(dit, geo, x, text, "")
-            dit.use_compiled_layers(True)
+            dit.use_compiled_layers(True, gelu_epilogue=False)
             pass_timings(dit, geo, x, text, "compiled_")
+            dit.use_compiled_layers(True, gelu_epilogue=True)
+            pass_timings(dit, geo, x, text, "compiled_epilogue_")
             dit.use_compiled_layers(False)
+            ffn_epilogue_check(dit, geo)
         del wan, dit, cache
 
 
@@ -87,30 +90,48 @@ def check_first_block() -> None:
 def check_compiled_equals_eager(
     dit: CausalWanDiT, geo: StreamGeometry, x: torch.Tensor, text: torch.Tensor
 ) -> None:
-    """Compiled layer functions vs eager on the 1.3B in bf16: four blocks, unpruned then pruned (full recovery)."""
+    """Compiled layer functions vs eager on the 1.3B in bf16: four blocks, unpruned then pruned, per recovery."""
     import time
 
-    res = {}
-    outs: dict[bool, list[torch.Tensor]] = {}
-    for compiled in (False, True):
-        dit.use_compiled_layers(compiled)
-        cache = dit.new_cache(geo, 1, 8, 21)
-        cross = dit.text_kv(text)
-        gen = torch.Generator(device=dev).manual_seed(3)
-        ks = KeepSet.from_mask(torch.rand(geo.tokens_per_block, device=dev, generator=gen) < 0.5, 128)
-        t0 = time.perf_counter()
-        got = []
-        for b in range(4):
-            ctx = dit.begin_block(cache, 3 * b)
-            keep = None if b < 2 else ks
-            got.append(dit.forward_block(x, [700.0] * 3, cache, cross, ctx, keep, "full", prefill=True))
-            got.append(dit.forward_block(x, [0.0] * 3, cache, cross, ctx, keep, "full", memory=True))
-        torch.cuda.synchronize()
-        res[f"first_run_s_{'compiled' if compiled else 'eager'}"] = time.perf_counter() - t0
-        outs[compiled] = got
-    res["rel_err_per_pass"] = [rel(c, e) for c, e in zip(outs[True], outs[False], strict=True)]
+    res: dict[str, Any] = {}
+    for rec in ("full", "m_degree", "none"):
+        outs: dict[bool, list[torch.Tensor]] = {}
+        for compiled in (False, True):
+            dit.use_compiled_layers(compiled)
+            cache = dit.new_cache(geo, 1, 8, 21)
+            cross = dit.text_kv(text)
+            gen = torch.Generator(device=dev).manual_seed(3)
+            ks = KeepSet.from_mask(torch.rand(geo.tokens_per_block, device=dev, generator=gen) < 0.5, 128)
+            t0 = time.perf_counter()
+            got = []
+            for b in range(4):
+                ctx = dit.begin_block(cache, 3 * b)
+                keep = None if b < 2 else ks
+                got.append(dit.forward_block(x, [700.0] * 3, cache, cross, ctx, keep, rec, prefill=True))
+                got.append(dit.forward_block(x, [500.0] * 3, cache, cross, ctx, keep, rec))
+                got.append(dit.forward_block(x, [0.0] * 3, cache, cross, ctx, keep, rec, memory=True))
+            torch.cuda.synchronize()
+            res[f"{rec}_first_run_s_{'compiled' if compiled else 'eager'}"] = time.perf_counter() - t0
+            outs[compiled] = got
+        res[f"{rec}_rel_err_per_pass"] = [rel(c, e) for c, e in zip(outs[True], outs[False], strict=True)]
     dit.use_compiled_layers(False)
     out["compiled_vs_eager_1.3b_bf16"] = res
+
+
+@torch.no_grad()
+def ffn_epilogue_check(dit: CausalWanDiT, geo: StreamGeometry) -> None:
+    """The feed-forward's first product + bias + tanh-GELU: separate kernels vs the cuBLASLt epilogue, on one
+    block's tokens (time and relative difference)."""
+    from lipar_core.models.layer_ops import ffn_in, ffn_in_epilogue, layer_weights
+
+    lw, c = layer_weights(dit.wan.blocks[0]), dit._consts
+    res = {}
+    for n in (geo.tokens_per_block, geo.tokens_per_block // 2):
+        nx = torch.randn(1, n, dit.dim, device=dev, dtype=torch.bfloat16)
+        res[f"ms_separate_{n}"] = timed(lambda nx=nx: ffn_in(nx, lw, c), reps=50)
+        res[f"ms_epilogue_{n}"] = timed(lambda nx=nx: ffn_in_epilogue(nx, lw, c), reps=50)
+        res[f"rel_err_{n}"] = rel(ffn_in_epilogue(nx, lw, c), ffn_in(nx, lw, c))
+    out["ffn_epilogue"] = res
 
 
 @torch.no_grad()
@@ -174,38 +195,63 @@ def check_graphs_equal_eager() -> None:
 
 @torch.no_grad()
 def autoencoder_timings() -> None:
-    """TAEHV (full size, random weights, fp16) encode + decode of one 12-frame 832x480 block, steady state:
-    NCHW vs channels-last, cuDNN benchmarking off vs on; outputs compared with the first variant."""
+    """TAEHV (full size, random weights, fp16) encode + decode of 12-frame 832x480 blocks in a stream, steady
+    state: eager vs ``compile_streams``; the compiled stream's latents and frames compared with eager's over
+    three consecutive blocks (state carried)."""
     from lipar_core.autoencoders.taehv import TAEHV
 
-    torch.manual_seed(0)
-    frames = torch.rand(1, 12, 3, 480, 832, device=dev, dtype=torch.float16)
-    ref: tuple[torch.Tensor, torch.Tensor] | None = None
-    res = {}
-    for cl in (False, True):
-        for bench in (False, True):
-            torch.backends.cudnn.benchmark = bench
-            torch.manual_seed(0)
-            ae = TAEHV().to(device=dev, dtype=torch.float16).eval()
-            if cl:
-                ae.to(memory_format=torch.channels_last)
-            enc, decs = ae.encoder_stream(), ae.decoder_stream()
-            z = enc(frames)
-            y = decs(z)
-            tag = f"{'channels_last' if cl else 'nchw'}_{'bench' if bench else 'heur'}"
-            res[f"encode_ms_{tag}"] = timed(lambda enc=enc: enc(frames))
-            res[f"decode_ms_{tag}"] = timed(lambda decs=decs, z=z: decs(z))
-            enc2, dec2 = ae.encoder_stream(), ae.decoder_stream()
-            z2 = enc2(frames)
-            y2 = dec2(z2)
-            if ref is None:
-                ref = (z2, y2)
-            else:
-                res[f"rel_err_latent_{tag}"] = rel(z2, ref[0])
-                res[f"rel_err_frames_{tag}"] = rel(y2, ref[1])
-            del ae, y
-    torch.backends.cudnn.benchmark = False
+    frames = torch.rand(3, 1, 12, 3, 480, 832, device=dev, dtype=torch.float16)
+    res: dict[str, Any] = {}
+    outs: dict[bool, list[torch.Tensor]] = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        ae = TAEHV().to(device=dev, dtype=torch.float16).eval()
+        ae.compile_streams(compiled)
+        enc, decs = ae.encoder_stream(), ae.decoder_stream()
+        got = []
+        for i in range(3):
+            z = enc(frames[i])
+            got += [z, decs(z)]
+        outs[compiled] = got
+        tag = "compiled" if compiled else "eager"
+        res[f"encode_ms_{tag}"] = timed(lambda enc=enc: enc(frames[0]))
+        res[f"decode_ms_{tag}"] = timed(lambda decs=decs, z=z: decs(z))
+        del ae
+    res["rel_err_per_output"] = [rel(c, e) for c, e in zip(outs[True], outs[False], strict=True)]
     out["autoencoder"] = res
+
+
+@torch.no_grad()
+def fp8_check() -> None:
+    """``runtime.fp8`` against bf16 on the same clip (bigbuckbunny, 8 blocks, LIPAR, graphs and compiled layers
+    on): DiT and total ms per block (median of the blocks after the first, second run of the clip) and the
+    difference of the edited frames and latents (PSNR, fp8 against bf16)."""
+    from pathlib import Path
+
+    from lipar_core.bench import PROMPT, load_clips, psnr, run_clip
+
+    base = bench_config(480, 832, "1.3b", "cuda", "bfloat16")
+    clip = load_clips(Path(".clips"), 96, 480, 832)["bigbuckbunny"]
+    res: dict[str, Any] = {}
+    runs = {}
+    for fp8 in (False, True):
+        cfg = base.with_overrides(runtime={**base.runtime.model_dump(), "fp8": fp8})
+        models = load_preset(cfg)
+        models.text = RandomTextEncoder(4096, 512, models.device, models.dtype)
+        ed = StreamEditor(models, PROMPT, seed=0, lipar=LiparConfig(**cfg.lipar))
+        run_clip(ed, clip)  # compilation and graph captures
+        r = run_clip(ed, clip)
+        runs[fp8] = r
+        tag = "fp8" if fp8 else "bf16"
+        for stage in ("dit", "total"):
+            res[f"{tag}_{stage}_ms_per_block"] = statistics.median(b["ms"][stage] for b in r.blocks[1:])
+        del ed, models
+        torch.cuda.empty_cache()
+    peak = float(runs[False].latents.abs().max())
+    res["psnr_frames_fp8_vs_bf16_db"] = psnr(runs[True].frames.float(), runs[False].frames.float(), 255.0)
+    res["psnr_latents_fp8_vs_bf16_db"] = psnr(runs[True].latents, runs[False].latents, peak)
+    res["prune_ratio"] = [b["prune_ratio"] for b in runs[True].blocks]
+    out["fp8"] = res
 
 
 def mask_timings() -> None:
@@ -237,7 +283,12 @@ def mask_timings() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    for step in (check_first_block, autoencoder_timings, check_graphs_equal_eager, mask_timings):
+    steps = {
+        f.__name__: f
+        for f in (check_first_block, autoencoder_timings, check_graphs_equal_eager, mask_timings, fp8_check)
+    }
+    only = os.environ.get("CHECKS")  # comma list of step names; default: all
+    for step in [steps[n] for n in only.split(",")] if only else steps.values():
         try:
             step()
         except Exception as e:  # report and go on: one call measures everything

@@ -338,6 +338,8 @@ def markdown(results: dict[str, Any]) -> str:
             for key, label in (
                 ("cuda_graphs", "CUDA graphs"),
                 ("compile_layers", "compiled layers"),
+                ("compile_autoencoder", "compiled autoencoder"),
+                ("fp8", "FP8 linear layers"),
             )
         )
         + ".",
@@ -409,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-compile-layers", action="store_true", help="layer elementwise work op by op (no torch.compile)"
     )
+    p.add_argument(
+        "--no-compile-autoencoder", action="store_true", help="the tiny autoencoder eager (no torch.compile)"
+    )
+    p.add_argument("--fp8", action="store_true", help="the transformer's linear layers in float8 (torchao)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -426,6 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime["cuda_graphs"] = False
     if args.no_compile_layers:
         runtime["compile_layers"] = False
+    if args.no_compile_autoencoder:
+        runtime["compile_autoencoder"] = False
+    if args.fp8:
+        runtime["fp8"] = True
     cfg = cfg.with_overrides(runtime=runtime)
     fpb = StreamGeometry(
         cfg.stream.height, cfg.stream.width, latent_frames_per_block=cfg.stream.latent_frames_per_block
@@ -446,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_s": time.time() - t0,
         "cuda_graphs": cfg.runtime.cuda_graphs and args.device.startswith("cuda"),
         "compile_layers": cfg.runtime.compile_layers and args.device.startswith("cuda"),
+        "compile_autoencoder": cfg.runtime.compile_autoencoder and args.device.startswith("cuda"),
+        "fp8": cfg.runtime.fp8,
     }
     args.out.write_text(json.dumps(res, indent=2))
     md = markdown(res)

@@ -185,6 +185,17 @@ class RuntimeConfig(_Strict):
         description="on CUDA, fuse each transformer layer's elementwise work with torch.compile "
         "(compiles during the first blocks; servers warm up before taking sessions)",
     )
+    compile_autoencoder: bool = Field(
+        default=True,
+        description="on CUDA, run the tiny autoencoder's blocks through torch.compile (Inductor picks the "
+        "convolutions' memory layout and fuses the work between them; compiles during the first blocks)",
+    )
+    fp8: bool = Field(
+        default=False,
+        description="on CUDA GPUs with FP8 tensor cores, run the transformer blocks' per-token linear layers in "
+        "float8 with per-row weight and per-token input scales (torch._scaled_mm); an experiment: on an "
+        "H100 it measured slower than bf16 so far, with a small quality cost (bench/NOTES.md)",
+    )
 
 
 class PresetConfig(_Strict):

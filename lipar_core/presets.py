@@ -25,6 +25,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from lipar_core.autoencoders.base import VideoAutoencoder
+from lipar_core.autoencoders.taehv import TAEHV
 from lipar_core.bundle import bundle_vocabulary, load_bundle
 from lipar_core.checkpoints import CheckpointNotFoundError, resolve_file, resolve_repo_dir
 from lipar_core.config import (
@@ -35,6 +36,7 @@ from lipar_core.config import (
     preset_path,
 )
 from lipar_core.geometry import StreamGeometry
+from lipar_core.models.fp8 import quantize_fp8
 from lipar_core.models.transformer import CausalWanDiT
 from lipar_core.scheduler import FlowMatchScheduler
 from lipar_core.text.encoder import PromptEncoder
@@ -123,8 +125,6 @@ def _load_transformer(src: TransformerSource, cache_dir: str | None) -> WanTrans
 
 def _load_autoencoder(src: AutoencoderSource, cache_dir: str | None) -> VideoAutoencoder:
     if src.kind == "taehv":
-        from lipar_core.autoencoders.taehv import TAEHV
-
         if src.weights is None:
             return _seeded(src.seed, lambda: TAEHV(**src.config))
         how = (
@@ -233,9 +233,13 @@ def load_preset(
         text = _load_text(cfg.model.text, int(wan.config.text_dim), rt.cache_dir, text_dev)
     _cast_transformer(wan, dev, dt)
     wan.eval().requires_grad_(False)
+    if rt.fp8:
+        quantize_fp8(wan)
     dit = CausalWanDiT(wan)
     if dev.type == "cuda":
         dit.use_compiled_layers(rt.compile_layers)
+    if isinstance(ae, TAEHV) and dev.type == "cuda":
+        ae.compile_streams(rt.compile_autoencoder)
     if isinstance(ae, torch.nn.Module):
         ae.to(device=dev, dtype=ae_dt).eval().requires_grad_(False)
     else:

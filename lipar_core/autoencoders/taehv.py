@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -125,8 +125,12 @@ class TGrow(nn.Module):
         return self.conv(x).reshape(nt * self.stride, c, h, w)
 
 
-def _apply_layers(
-    layers: nn.Sequential, x: torch.Tensor, batch: int, memory: dict[int, torch.Tensor]
+def _run_stateful(
+    layers: nn.Sequential,
+    x: torch.Tensor,
+    batch: int,
+    memory: dict[int, torch.Tensor],
+    run: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
 ) -> torch.Tensor:
     """Run ``layers`` on a block of frames, in parallel over time, carrying MemBlock state in ``memory``.
 
@@ -136,27 +140,46 @@ def _apply_layers(
         batch: B.
         memory: layer index -> that MemBlock's input at the last frame of the previous block, [B, 1, C, H, W];
             updated in place. A missing entry means the stream starts here (zeros).
+        run: :func:`_run_layers` or a compiled version of it.
     Returns:
         [B * T', C', H', W'] in the same layout.
     """
+    slots = [i for i, layer in enumerate(layers) if isinstance(layer, MemBlock)]
+    y, new = run(layers, x, batch, tuple(memory.get(i) for i in slots))
+    memory.update(zip(slots, new, strict=True))
+    return y
+
+
+def _run_layers(
+    layers: nn.Sequential, x: torch.Tensor, batch: int, past: tuple[torch.Tensor | None, ...]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The layers on a block of frames as a pure function of the stream state (``torch.compile`` friendly).
+
+    Args:
+        past: for each MemBlock in order, its input at the previous block's last frame [B, 1, C, H, W], or
+            None at a stream's start (zeros).
+    Returns:
+        (output [B * T', C', H', W'], each MemBlock's input at this block's last frame).
+    """
+    new: list[torch.Tensor] = []
     for index, layer in enumerate(layers):
-        if isinstance(layer, MemBlock):
-            nt, c, h, w = x.shape
-            frames = x.view(batch, nt // batch, c, h, w)
-            prev = memory.get(index)
-            if prev is None:
-                prev = x.new_zeros((batch, 1, c, h, w))
-            elif prev.shape != (batch, 1, c, h, w):
-                raise ValueError(
-                    f"stream state of layer {index} has shape {tuple(prev.shape)} but this block needs "
-                    f"{(batch, 1, c, h, w)}: batch size or resolution changed mid-stream (call reset() first)"
-                )
-            past = torch.cat([prev, frames[:, :-1]], dim=1).reshape(nt, c, h, w)
-            memory[index] = frames[:, -1:].clone()
-            x = layer(x, past)
-        else:
+        if not isinstance(layer, MemBlock):
             x = layer(x)
-    return x
+            continue
+        nt, c, h, w = x.shape
+        frames = x.view(batch, nt // batch, c, h, w)
+        prev = past[len(new)]
+        if prev is None:
+            prev = x.new_zeros((batch, 1, c, h, w))
+        elif prev.shape != (batch, 1, c, h, w):
+            raise ValueError(
+                f"stream state of layer {index} has shape {tuple(prev.shape)} but this block needs "
+                f"{(batch, 1, c, h, w)}: batch size or resolution changed mid-stream (call reset() first)"
+            )
+        p = torch.cat([prev, frames[:, :-1]], dim=1).reshape(nt, c, h, w)
+        new.append(frames[:, -1:].clone())
+        x = layer(x, p)
+    return x, tuple(new)
 
 
 class TAEHVEncoderStream:
@@ -187,7 +210,7 @@ class TAEHVEncoderStream:
             raise ValueError(f"resolution {w}x{h} must be a multiple of {model.spatial_stride}")
         x = frames.to(device=model.device, dtype=model.dtype).reshape(b * t, c, h, w)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            z = _apply_layers(model.encoder, x, b, self._memory)
+            z = _run_stateful(model.encoder, x, b, self._memory, model.layer_runner(self.trainable))
         return z.view(b, t // model.temporal_stride, *z.shape[1:])
 
     def reset(self) -> None:
@@ -222,7 +245,7 @@ class TAEHVDecoderStream:
             raise ValueError("expected at least one latent frame")
         x = latents.to(device=model.device, dtype=model.dtype).reshape(b * n, c, h, w)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            y = _apply_layers(model.decoder, x, b, self._memory)
+            y = _run_stateful(model.decoder, x, b, self._memory, model.layer_runner(self.trainable))
         if not self.trainable:  # training sees the raw output: a clamp would stop gradients outside [0, 1]
             y = y.clamp_(0.0, 1.0)
         return y.view(b, n * model.temporal_stride, *y.shape[1:])
@@ -297,6 +320,23 @@ class TAEHV(nn.Module):
         self.decoder = nn.Sequential(*dec)
 
         assert math.prod(_ENCODER_TIME_STRIDES) == self.temporal_stride == math.prod(_DECODER_TIME_STRIDES)
+        self._compiled: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = None
+
+    def compile_streams(self, enabled: bool = True) -> None:
+        """Run inference blocks of every stream through ``torch.compile`` (Inductor; fixed shapes per
+        resolution, so one graph per encoder / decoder and stream start / steady state).
+
+        Inductor picks the convolutions' memory layout for the whole network (channels-last on GPUs, with no
+        per-convolution layout conversion) and fuses the elementwise work between them (ReLU, residual adds,
+        the clamp). Compilation happens on the first blocks (seconds). Training streams stay eager.
+        """
+        self._compiled = torch.compile(_run_layers, dynamic=False) if enabled else None
+
+    def layer_runner(
+        self, trainable: bool = False
+    ) -> Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """The function a stream runs its layers with: compiled (:meth:`compile_streams`) or not."""
+        return self._compiled if self._compiled is not None and not trainable else _run_layers
 
     @property
     def device(self) -> torch.device:

@@ -21,39 +21,50 @@ def scatter_kept(values: torch.Tensor, idx: torch.Tensor, n_total: int) -> torch
     return out.index_copy_(1, idx, values)
 
 
-def cascade_fill(
-    fresh: torch.Tensor, keep: torch.Tensor, prev: torch.Tensor | None, frames: int
-) -> torch.Tensor:
-    """Fill pruned positions from the true temporal predecessor.
+def fill_index(keep: torch.Tensor, frames: int, cascade: bool) -> torch.Tensor:
+    """Where each position of a pruned block takes its K/V from, as rows of ``cat([prev, kept], dim=1)``.
 
-    Frame 0's pruned positions take ``prev`` (the previous block's last frame); frame j's take frame j-1's
-    (already filled) values. So a token pruned for several frames carries the value it was last computed with.
+    ``prev`` is the previous block's last frame ([B, T, ...], rows 0..T-1) and ``kept`` the computed rows of
+    the kept tokens in ascending token order (rows T.., padded rows past the kept count are never named).
+    A kept position takes its own computed row. A pruned position takes:
+
+    - ``cascade=True``: its true temporal predecessor, i.e. the same spatial position in the latest earlier
+      frame of the block where it was kept, or ``prev`` if it was pruned in every earlier frame of the block
+      (so a token pruned for several frames carries the value it was last computed with: the clean t = 0
+      pass and the M-degree passes);
+    - ``cascade=False``: ``prev`` (noise-aware duplication: the previous block's clean last frame).
+
+    Computed on the device once per pass (a few small kernels over the block mask, no host synchronisation);
+    :func:`gather_rows` then fills a whole block in one gather, which ``torch.compile`` fuses with RoPE.
 
     Args:
-        fresh: [B, F * T, ...] with valid values at kept positions.
-        keep: [F * T] bool (block token mask).
-        prev: [B, T, ...] previous frame, or None (then pruned positions of frame 0 keep ``fresh``).
-        frames: F.
+        keep: [F * T] bool block token mask in (t, h, w) order (True = kept).
+        frames: F, latent frames (token frames) of the block.
+        cascade: predecessor (True) or the previous block's frame (False) for pruned positions.
     Returns:
-        [B, F * T, ...] filled.
+        [F * T] int64 row indices into ``cat([prev, kept], dim=1)``.
     """
-    b, n = fresh.shape[:2]
+    n = keep.shape[0]
     t = n // frames
-    f = fresh.reshape(b, frames, t, *fresh.shape[2:])
-    k = keep.reshape(frames, t).view(frames, t, *([1] * (fresh.ndim - 2)))
-    rows = []
-    last = prev
-    for j in range(frames):
-        cur = f[:, j] if last is None else torch.where(k[j], f[:, j], last)
-        rows.append(cur)
-        last = cur
-    return torch.stack(rows, dim=1).reshape(fresh.shape)
+    pos = torch.arange(t, device=keep.device)
+    rank = torch.cumsum(keep.to(torch.int64), 0) - 1  # row among the kept tokens (valid where kept)
+    m = keep.view(frames, t)
+    if not cascade:
+        return torch.where(m, t + rank.view(frames, t), pos).reshape(n)
+    frame = torch.arange(frames, device=keep.device).view(frames, 1).expand(frames, t)
+    last = torch.where(m, frame, -1).cummax(dim=0).values  # latest frame <= j where the position was kept
+    src_token = (last.clamp(min=0) * t + pos).reshape(n)
+    return torch.where(last.reshape(n) >= 0, t + rank.index_select(0, src_token), pos.repeat(frames))
 
 
-def repeat_frames(frame: torch.Tensor, frames: int) -> torch.Tensor:
-    """[B, T, ...] -> [B, frames * T, ...] (the same frame for every frame of the block)."""
-    return (
-        frame.unsqueeze(1)
-        .expand(frame.shape[0], frames, *frame.shape[1:])
-        .reshape(frame.shape[0], frames * frame.shape[1], *frame.shape[2:])
-    )
+def gather_rows(kept: torch.Tensor, prev: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``cat([prev, kept], dim=1)`` at ``index`` (:func:`fill_index`).
+
+    Args:
+        kept: [B, n, ...] computed rows of the kept tokens (ascending token order, padding allowed).
+        prev: [B, T, ...] previous block's last frame.
+        index: [M] int64 rows.
+    Returns:
+        [B, M, ...].
+    """
+    return torch.cat([prev, kept], dim=1).index_select(1, index)

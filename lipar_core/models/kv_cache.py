@@ -1,6 +1,8 @@
 """Per-layer self-attention KV cache: an attention sink plus a rolling window, as a ring buffer.
 
-Layout per layer: K and V of [B, heads, capacity, head_dim] with capacity = (m0 + m1) * tokens_per_frame.
+Layout per layer: K and V of [B, capacity, heads, head_dim] (token-major, like the projections that produce
+them, so that writing a block's rows is a plain row copy; attention reads them through a transposed view) with
+capacity = (m0 + m1) * tokens_per_frame.
 Frame slots 0..m0-1 hold the sink (the first m0 latent frames of the stream, never evicted); slots
 m0..m0+m1-1 are a ring holding the last m1 latent frames (which include the current block). A latent frame f
 lives in slot f if f < m0, else in slot m0 + (f - m0) mod m1. A new block simply overwrites the slots of the
@@ -92,7 +94,7 @@ class KVCache:
         self.tokens_per_frame = geometry.tokens_per_frame
         cap = (sink_frames + window_frames) * self.tokens_per_frame
         self.capacity_tokens = cap
-        shape = (batch, heads, cap, head_dim)
+        shape = (batch, cap, heads, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         sink_shape = (batch, sink_frames * self.tokens_per_frame, heads, head_dim)
@@ -157,8 +159,8 @@ class KVCache:
         """
         return BlockSnapshot(
             token_index=token_index,
-            k=[k.index_select(2, token_index) for k in self.k],
-            v=[v.index_select(2, token_index) for v in self.v],
+            k=[k.index_select(1, token_index) for k in self.k],
+            v=[v.index_select(1, token_index) for v in self.v],
             prev_k_raw=[p.clone() for p in self.prev_k_raw],
             prev_v=[p.clone() for p in self.prev_v],
             present=self.present.index_select(0, token_index),
@@ -169,7 +171,7 @@ class KVCache:
         """Put back what :meth:`save_block` copied."""
         idx = snap.token_index
         for dst, src in zip(self.k + self.v, snap.k + snap.v, strict=True):
-            dst.index_copy_(2, idx, src)
+            dst.index_copy_(1, idx, src)
         for dst, src in zip(self.prev_k_raw + self.prev_v, snap.prev_k_raw + snap.prev_v, strict=True):
             dst.copy_(src)
         self.present.index_copy_(0, idx, snap.present)

@@ -1,11 +1,12 @@
-"""The work of one transformer layer outside attention, as three pure functions that ``torch.compile`` fuses.
+"""The work of one transformer layer outside attention, as pure functions that ``torch.compile`` fuses.
 
 Between its matrix products a Wan layer does a lot of small elementwise work: float32 layer norms with the
 timestep modulation, RMS norms of q and k, RoPE, gated residuals, GELU. Run op by op, each of these reads and
 writes the whole [N, dim] activation in float32 (measured on an H200: about a third of an unpruned pass). The
-functions here cover everything of a layer except the attention kernels and the KV-cache writes, so that
-Inductor can fuse each stretch of elementwise work into one kernel around the matrix products (which stay
-cuBLAS calls). They take weights as plain tensors (:class:`LayerWeights`), never modules, so one compiled
+functions here cover everything of a layer except the attention kernels and the KV-cache writes (RoPE of the
+keys included, and the one-gather fills of pruned positions, :func:`fill_rope`), so that Inductor can fuse each
+stretch of elementwise work into one kernel around the matrix products (which stay cuBLAS calls; the
+feed-forward's first one takes its bias and GELU in the cuBLASLt epilogue, :func:`ffn_in_epilogue`). They take weights as plain tensors (:class:`LayerWeights`), never modules, so one compiled
 graph serves every layer, and they are compiled with a dynamic token count, so every kept-token bucket reuses
 it. Uncompiled, they run exactly the operations of the diffusers modules, in the same order: the eager path is
 bit-identical to ``WanTransformerBlock``'s arithmetic.
@@ -24,6 +25,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from lipar_core.lipar.recovery import gather_rows
+from lipar_core.models.fp8 import linear_fp8
 from lipar_core.models.rope import apply_rope
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,15 @@ class LayerWeights(NamedTuple):
     ff1_b: torch.Tensor | None
     ff2_w: torch.Tensor
     ff2_b: torch.Tensor | None
+    # float8 weight scales ([out, 1] float32, ``lipar_core.models.fp8``); None = plain weights
+    q_s: torch.Tensor | None = None
+    k_s: torch.Tensor | None = None
+    v_s: torch.Tensor | None = None
+    out_s: torch.Tensor | None = None
+    q2_s: torch.Tensor | None = None
+    out2_s: torch.Tensor | None = None
+    ff1_s: torch.Tensor | None = None
+    ff2_s: torch.Tensor | None = None
 
 
 class LayerConsts(NamedTuple):
@@ -92,6 +104,10 @@ def layer_weights(block: Any) -> LayerWeights:
         ff_in.bias,
         ff_out.weight,
         ff_out.bias,
+        *(
+            getattr(m, "fp8_scale", None)
+            for m in (a1.to_q, a1.to_k, a1.to_v, a1.to_out[0], a2.to_q, a2.to_out[0], ff_in, ff_out)
+        ),
     )
 
 
@@ -126,6 +142,13 @@ def _ln32(
     )
 
 
+def _lin(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """``F.linear``, or its float8 form where the layer carries a weight scale (``fp8.linear_fp8``)."""
+    return F.linear(x, w, b) if scale is None else linear_fp8(x, w, scale, b)
+
+
 def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """``torch.nn.RMSNorm`` over the last dimension (identity when the model has no q/k norm)."""
     if weight is None:
@@ -141,13 +164,31 @@ def pre_attention(
     c: LayerConsts,
     cos: torch.Tensor,
     sin: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Modulated norm1 and the self-attention projections: (q rotated, k un-rotated, v), each [B, N, H, D]."""
+    rotate_k: bool = True,
+    raw_k: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Modulated norm1 and the self-attention projections, with RoPE on q (and on k, fused, when asked).
+
+    Args:
+        rotate_k: return k rotated to the tokens' positions (what the cache stores).
+        raw_k: also return k un-rotated (sink keys, the duplication source, fills of pruned positions).
+    Returns:
+        (q rotated, k rotated or None, v, k un-rotated or None), each [B, N, H, D].
+    """
     nx = (_ln32(hs, None, None, c.eps) * (1 + scale) + shift).type_as(hs)
-    q = _rms(F.linear(nx, w.q_w, w.q_b), w.norm_q, c.qk_eps).unflatten(-1, (c.heads, -1))
-    k = _rms(F.linear(nx, w.k_w, w.k_b), w.norm_k, c.qk_eps).unflatten(-1, (c.heads, -1))
-    v = F.linear(nx, w.v_w, w.v_b).unflatten(-1, (c.heads, -1))
-    return apply_rope(q, cos, sin), k, v
+    q = _rms(_lin(nx, w.q_w, w.q_b, w.q_s), w.norm_q, c.qk_eps).unflatten(-1, (c.heads, -1))
+    k = _rms(_lin(nx, w.k_w, w.k_b, w.k_s), w.norm_k, c.qk_eps).unflatten(-1, (c.heads, -1))
+    v = _lin(nx, w.v_w, w.v_b, w.v_s).unflatten(-1, (c.heads, -1))
+    k_rot = apply_rope(k, cos, sin) if rotate_k else None
+    return apply_rope(q, cos, sin), k_rot, v, (k if raw_k else None)
+
+
+def fill_rope(
+    kept: torch.Tensor, prev: torch.Tensor, index: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """A whole block of keys from kept rows and the previous frame (:func:`~lipar_core.lipar.recovery.
+    fill_index`), rotated to each position: [B, n, H, D] + [B, T, H, D] -> [B, N, H, D] (one fused gather)."""
+    return apply_rope(gather_rows(kept, prev, index), cos, sin)
 
 
 def post_attention(
@@ -160,10 +201,10 @@ def post_attention(
     Returns:
         (hs [B, N, dim], cross-attention q [B, H, N, D]).
     """
-    o = F.linear(att.transpose(1, 2).flatten(2).type_as(hs), w.out_w, w.out_b)
+    o = _lin(att.transpose(1, 2).flatten(2).type_as(hs), w.out_w, w.out_b, w.out_s)
     hs = (hs.float() + o * gate).type_as(hs)
     nx = _ln32(hs, w.norm2_w, w.norm2_b, c.eps).to(hs.dtype) if c.cross_norm else hs
-    q2 = _rms(F.linear(nx, w.q2_w, w.q2_b), w.norm_q2, c.qk_eps).unflatten(-1, (c.heads, -1))
+    q2 = _rms(_lin(nx, w.q2_w, w.q2_b, w.q2_s), w.norm_q2, c.qk_eps).unflatten(-1, (c.heads, -1))
     return hs, q2.transpose(1, 2)
 
 
@@ -172,20 +213,44 @@ def post_cross(
     att2: torch.Tensor,
     c_shift: torch.Tensor,
     c_scale: torch.Tensor,
-    c_gate: torch.Tensor,
     w: LayerWeights,
     c: LayerConsts,
-) -> torch.Tensor:
-    """Cross-attention output and residual, then the modulated feed-forward with its gated residual.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-attention output and residual, then the modulated norm3 that feeds the feed-forward.
 
     Args:
         att2: cross-attention output [B, H, N, D].
     Returns:
-        hs [B, N, dim].
+        (hs [B, N, dim], feed-forward input [B, N, dim]).
     """
-    hs = hs + F.linear(att2.transpose(1, 2).flatten(2).type_as(hs), w.out2_w, w.out2_b)
+    hs = hs + _lin(att2.transpose(1, 2).flatten(2).type_as(hs), w.out2_w, w.out2_b, w.out2_s)
     nx = (_ln32(hs, None, None, c.eps) * (1 + c_scale) + c_shift).type_as(hs)
-    ff = F.linear(F.gelu(F.linear(nx, w.ff1_w, w.ff1_b), approximate=c.gelu), w.ff2_w, w.ff2_b)
+    return hs, nx
+
+
+def ffn_in(nx: torch.Tensor, w: LayerWeights, c: LayerConsts) -> torch.Tensor:
+    """The feed-forward's first projection and its GELU: [B, N, dim] -> [B, N, ffn_dim]."""
+    return F.gelu(_lin(nx, w.ff1_w, w.ff1_b, w.ff1_s), approximate=c.gelu)
+
+
+def ffn_in_epilogue(nx: torch.Tensor, w: LayerWeights, c: LayerConsts) -> torch.Tensor:
+    """:func:`ffn_in` with bias and tanh-GELU in the matrix product's epilogue (cuBLASLt) where it applies.
+
+    Saves a pass over the [N, ffn_dim] activation; the GELU is applied to the float32 accumulator before the
+    rounding to the model dtype (so it differs from :func:`ffn_in` by bf16 roundings). Falls back to
+    :func:`ffn_in` off CUDA, without a bias, for an exact-erf GELU, or for float8 weights
+    (``lipar_core.models.fp8``, their own product).
+    """
+    if not nx.is_cuda or w.ff1_b is None or c.gelu != "tanh" or w.ff1_s is not None:
+        return ffn_in(nx, w, c)
+    flat = nx.reshape(-1, nx.shape[-1])
+    out = torch._addmm_activation(w.ff1_b, flat, w.ff1_w.t(), use_gelu=True)
+    return out.view(*nx.shape[:-1], out.shape[-1])
+
+
+def post_ffn(hs: torch.Tensor, h: torch.Tensor, c_gate: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+    """The feed-forward's second projection and gated residual: hs [B, N, dim], h [B, N, ffn_dim] -> hs."""
+    ff = _lin(h, w.ff2_w, w.ff2_b, w.ff2_s)
     return (hs.float() + ff.float() * c_gate).type_as(hs)
 
 
@@ -193,22 +258,40 @@ def post_cross(
 class LayerOps:
     """The layer functions the DiT calls: plain (``compiled=False``) or fused by ``torch.compile``."""
 
-    pre_attention: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    pre_attention: Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]]
     post_attention: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    post_cross: Callable[..., torch.Tensor]
+    post_cross: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    ffn_in: Callable[[torch.Tensor, LayerWeights, LayerConsts], torch.Tensor]
+    post_ffn: Callable[..., torch.Tensor]
     rope: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    fill_rope: Callable[..., torch.Tensor]
     compiled: bool
 
     @classmethod
     def eager(cls) -> LayerOps:
         """The functions as written (CPU, tests, and the reference for the compiled ones)."""
-        return cls(pre_attention, post_attention, post_cross, apply_rope, False)
+        return cls(pre_attention, post_attention, post_cross, ffn_in, post_ffn, apply_rope, fill_rope, False)
 
     @classmethod
-    def compiled_ops(cls) -> LayerOps:
-        """``torch.compile`` d versions (dynamic token count, whole-graph). Compilation happens on first use."""
+    def compiled_ops(cls, gelu_epilogue: bool = True) -> LayerOps:
+        """``torch.compile`` d versions (dynamic token count, whole-graph). Compilation happens on first use.
+
+        Args:
+            gelu_epilogue: the feed-forward's first projection with bias and GELU in the cuBLASLt epilogue
+                (:func:`ffn_in_epilogue`, not compiled: Inductor would split it into a product and a pointwise
+                kernel again); False keeps the product and a fused bias + GELU kernel.
+        """
 
         def comp(fn: Callable[..., Any]) -> Callable[..., Any]:
             return torch.compile(fn, dynamic=True, fullgraph=True)
 
-        return cls(comp(pre_attention), comp(post_attention), comp(post_cross), comp(apply_rope), True)
+        return cls(
+            comp(pre_attention),
+            comp(post_attention),
+            comp(post_cross),
+            ffn_in_epilogue if gelu_epilogue else comp(ffn_in),
+            comp(post_ffn),
+            comp(apply_rope),
+            comp(fill_rope),
+            True,
+        )

@@ -20,7 +20,7 @@ from diffusers import WanTransformer3DModel
 
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.prune import KeepSet
-from lipar_core.lipar.recovery import cascade_fill, repeat_frames, scatter_kept
+from lipar_core.lipar.recovery import fill_index, gather_rows, scatter_kept
 from lipar_core.models.kv_cache import BlockPlan, KVCache
 from lipar_core.models.layer_ops import LayerOps, layer_consts, layer_weights
 from lipar_core.models.rope import Rope3D, apply_rope
@@ -55,6 +55,34 @@ class BlockContext:
     index_writes: bool = False
 
 
+@dataclass
+class _PassKV:
+    """One layer's self-attention keys and values of the computed tokens, each [B, n, H, D] (or None when
+    the pass does not need that form of the keys)."""
+
+    k_rot: torch.Tensor | None
+    v: torch.Tensor
+    k_raw: torch.Tensor | None
+
+
+@dataclass
+class _PrunedPass:
+    """Index work of one pruned pass, shared by all layers.
+
+    Attributes:
+        keep: the kept-token set.
+        cache_index: cache token index of each computed (kept, padded) token, [n_pad] int64.
+        fill: rows of ``cat([previous frame, kept rows])`` for every block position (:func:`fill_index`),
+            [N] int64, when the pass writes the whole block; None when it writes kept rows only.
+        last_fill: the same for the block's last frame only, [T] int64 (recovery ``none``'s clean pass).
+    """
+
+    keep: KeepSet
+    cache_index: torch.Tensor
+    fill: torch.Tensor | None
+    last_fill: torch.Tensor | None
+
+
 class CausalWanDiT(torch.nn.Module):
     """Block-causal streaming forward over a ``WanTransformer3DModel``.
 
@@ -78,18 +106,23 @@ class CausalWanDiT(torch.nn.Module):
         self.ops = LayerOps.eager()
         self._temb_cache: dict[tuple[float, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def use_compiled_layers(self, enabled: bool = True) -> None:
+    def use_compiled_layers(self, enabled: bool = True, gelu_epilogue: bool = True) -> None:
         """Run each layer's elementwise work through ``torch.compile`` d functions (see ``layer_ops``).
 
         Meant for CUDA: compilation happens on the first pass of each kind (seconds), and CUDA-graph capture
         must come after it (``GraphedDiT`` warms up before capturing).
+
+        Args:
+            enabled: compiled (True) or the plain functions (False).
+            gelu_epilogue: with ``enabled``, the feed-forward's bias and GELU in the cuBLASLt epilogue of its
+                first product (``layer_ops.ffn_in_epilogue``).
         """
         if enabled:
-            # a few variants per function (per-frame vs uniform modulation, views vs fresh tensors): room for
-            # them all, so that none falls back to eager for lack of cache entries
+            # a few variants per function (per-frame vs uniform modulation, views vs fresh tensors, which keys a
+            # pass needs): room for them all, so that none falls back to eager for lack of cache entries
             dyn = torch._dynamo.config
             dyn.recompile_limit = max(dyn.recompile_limit, 32)
-        self.ops = LayerOps.compiled_ops() if enabled else LayerOps.eager()
+        self.ops = LayerOps.compiled_ops(gelu_epilogue) if enabled else LayerOps.eager()
 
     # ------------------------------------------------------------------ per stream / per prompt
     def new_cache(
@@ -101,7 +134,7 @@ class CausalWanDiT(torch.nn.Module):
         batch: int = 1,
     ) -> KVCache:
         """An empty KV cache for one stream, on the model's device and dtype."""
-        p = next(self.wan.blocks[0].attn1.to_k.parameters())
+        p = self.wan.patch_embedding.weight  # model dtype (linear weights may be float8, see fp8.py)
         return KVCache(
             self.num_layers,
             self.heads,
@@ -193,8 +226,7 @@ class CausalWanDiT(torch.nn.Module):
             scos, ssin = self.rope.grid_tables(spos, gh, gw)
             n = cache.sink_frames * tpf
             for layer in range(cache.num_layers):
-                rot = apply_rope(cache.sink_k_raw[layer], scos, ssin)
-                cache.k[layer][:, :, :n].copy_(rot.transpose(1, 2))
+                cache.k[layer][:, :n].copy_(apply_rope(cache.sink_k_raw[layer], scos, ssin))
             cache.sink_rotated_shift = plan.sink_shift
         frame_of_token = torch.arange(plan.num_frames, device=dev).repeat_interleave(tpf)
         return BlockContext(plan, cos, sin, cache.token_index(plan, dev), frame_of_token)
@@ -213,17 +245,14 @@ class CausalWanDiT(torch.nn.Module):
     ) -> None:
         """Write the block's rotated keys and values (all block tokens, [B, N, H, D]) into the cache."""
         plan = ctx.plan
-        tpf = cache.tokens_per_frame
-        kt = k_rot.transpose(1, 2)
-        vt = v.transpose(1, 2)
         if plan.contiguous and not ctx.index_writes:
-            a = plan.slots[0] * tpf
-            b = a + plan.num_frames * tpf
-            cache.k[layer][:, :, a:b].copy_(kt)
-            cache.v[layer][:, :, a:b].copy_(vt)
+            a = plan.slots[0] * cache.tokens_per_frame
+            b = a + k_rot.shape[1]
+            cache.k[layer][:, a:b].copy_(k_rot)
+            cache.v[layer][:, a:b].copy_(v)
         else:
-            cache.k[layer].index_copy_(2, ctx.token_index, kt)
-            cache.v[layer].index_copy_(2, ctx.token_index, vt)
+            cache.k[layer].index_copy_(1, ctx.token_index, k_rot)
+            cache.v[layer].index_copy_(1, ctx.token_index, v)
 
     def _write_sink_raw(self, cache: KVCache, layer: int, ctx: BlockContext, k_raw: torch.Tensor) -> None:
         """Keep un-rotated keys of block frames that belong to the sink."""
@@ -237,65 +266,85 @@ class CausalWanDiT(torch.nn.Module):
         cache: KVCache,
         layer: int,
         ctx: BlockContext,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        kv: _PassKV,
+        pp: _PrunedPass | None,
+        recovery: str,
+        memory: bool,
+    ) -> None:
+        """Write this pass's keys/values of the block into the cache.
+
+        Unpruned: every token. Pruned (``pp``): kept tokens; pruned positions per ``recovery``: ``full``
+        fills them once per block (the first denoising pass) from the previous block's clean last frame
+        (rotated to their own positions) and the clean t = 0 pass cascades from the true predecessor;
+        ``m_degree`` cascades from the current pass; ``none`` leaves them out of attention
+        (``cache.present``). Fills are one gather per tensor (:func:`fill_index` rows, computed once per pass).
+        """
+        tpf = cache.tokens_per_frame
+        if pp is None:
+            assert kv.k_rot is not None
+            if kv.k_raw is not None and ctx.plan.frame_start < cache.sink_frames:
+                self._write_sink_raw(cache, layer, ctx, kv.k_raw)
+            self._write_kv(cache, layer, ctx, kv.k_rot, kv.v)
+            if memory:
+                assert kv.k_raw is not None
+                cache.prev_k_raw[layer].copy_(kv.k_raw[:, -tpf:])
+                cache.prev_v[layer].copy_(kv.v[:, -tpf:])
+            return
+        prev_k, prev_v = cache.prev_k_raw[layer], cache.prev_v[layer]
+        if not cache.has_prev:  # nothing computed before: pruned positions of the first frame hold zeros
+            prev_k, prev_v = torch.zeros_like(prev_k), torch.zeros_like(prev_v)
+        if pp.fill is None:  # kept rows only (the block's other rows were filled earlier, or stay absent)
+            if pp.keep.n_keep:
+                assert kv.k_rot is not None
+                cache.k[layer].index_copy_(1, pp.cache_index, kv.k_rot)
+                cache.v[layer].index_copy_(1, pp.cache_index, kv.v)
+            if memory:  # recovery "none": only the duplication source needs the cascade
+                assert kv.k_raw is not None and pp.last_fill is not None
+                last_k = gather_rows(kv.k_raw, prev_k, pp.last_fill)
+                last_v = gather_rows(kv.v, prev_v, pp.last_fill)
+                cache.prev_k_raw[layer].copy_(last_k)
+                cache.prev_v[layer].copy_(last_v)
+            return
+        assert kv.k_raw is not None
+        k_full = self.ops.fill_rope(kv.k_raw, prev_k, pp.fill, ctx.cos, ctx.sin)
+        v_full = gather_rows(kv.v, prev_v, pp.fill)
+        if memory:
+            cache.prev_k_raw[layer].copy_(gather_rows(kv.k_raw, prev_k, pp.fill[-tpf:]))
+            cache.prev_v[layer].copy_(v_full[:, -tpf:])
+        self._write_kv(cache, layer, ctx, k_full, v_full)
+
+    def _pruned_pass(
+        self,
+        cache: KVCache,
+        ctx: BlockContext,
         keep: KeepSet | None,
         recovery: str,
         memory: bool,
         prefill: bool,
-    ) -> None:
-        """Write this pass's keys/values of the block into the cache (un-rotated ``k``, [B, n, H, D]).
+    ) -> tuple[_PrunedPass | None, bool, bool]:
+        """Per-pass index work of a pruned pass, done once for all layers: (plan, rotate_k, raw_k).
 
-        Unpruned: every token. Pruned (``keep``): kept tokens; pruned positions per ``recovery``:
-        ``full`` pre-fills them once per block from the previous block's clean last frame (rotated to their own
-        positions) and the clean t = 0 pass cascades from the true predecessor; ``m_degree`` cascades from the
-        current pass; ``none`` leaves them out of attention (``cache.present``).
+        ``rotate_k`` / ``raw_k`` say which keys the layers must produce: rotated keys are written as they are;
+        un-rotated ones feed the sink, the duplication source and the fills of pruned positions.
         """
-        f = ctx.plan.num_frames
         if keep is None:
-            if ctx.plan.frame_start < cache.sink_frames:
-                self._write_sink_raw(cache, layer, ctx, k)
-            self._write_kv(cache, layer, ctx, self.ops.rope(k, ctx.cos, ctx.sin), v)
-            if memory:
-                cache.prev_k_raw[layer].copy_(k[:, -cache.tokens_per_frame :])
-                cache.prev_v[layer].copy_(v[:, -cache.tokens_per_frame :])
-            return
-        n = keep.n_total
+            return None, True, memory or ctx.plan.frame_start < cache.sink_frames
+        f = ctx.plan.num_frames
+        tpf = cache.tokens_per_frame
+        cache_index = ctx.token_index.index_select(0, keep.idx)
         if recovery == "none":
-            if keep.n_keep:
-                kr = self.ops.rope(k, ctx.cos.index_select(0, keep.idx), ctx.sin.index_select(0, keep.idx))
-                cidx = ctx.token_index.index_select(0, keep.idx)
-                cache.k[layer].index_copy_(2, cidx, kr.transpose(1, 2))
-                cache.v[layer].index_copy_(2, cidx, v.transpose(1, 2))
-            if memory:
-                kf = cascade_fill(scatter_kept(k, keep.idx, n), keep.mask, cache.prev_k_raw[layer], f)
-                vf = cascade_fill(scatter_kept(v, keep.idx, n), keep.mask, cache.prev_v[layer], f)
-                cache.prev_k_raw[layer].copy_(kf[:, -cache.tokens_per_frame :])
-                cache.prev_v[layer].copy_(vf[:, -cache.tokens_per_frame :])
-            return
-        prev_k = cache.prev_k_raw[layer] if cache.has_prev else None
-        prev_v = cache.prev_v[layer] if cache.has_prev else None
+            last = fill_index(keep.mask, f, cascade=True)[-tpf:] if memory else None
+            return _PrunedPass(keep, cache_index, None, last), True, memory
         if recovery == "full" and not memory:
-            if prefill:
-                if prev_k is None or prev_v is None:
-                    raise RuntimeError(
-                        "noise-aware duplication needs a previous clean frame (first block pruned?)"
-                    )
-                dk = self.ops.rope(repeat_frames(prev_k, f), ctx.cos, ctx.sin)
-                self._write_kv(cache, layer, ctx, dk, repeat_frames(prev_v, f))
-            if keep.n_keep:
-                kr = self.ops.rope(k, ctx.cos.index_select(0, keep.idx), ctx.sin.index_select(0, keep.idx))
-                cidx = ctx.token_index.index_select(0, keep.idx)
-                cache.k[layer].index_copy_(2, cidx, kr.transpose(1, 2))
-                cache.v[layer].index_copy_(2, cidx, v.transpose(1, 2))
-            return
+            if not prefill:
+                return _PrunedPass(keep, cache_index, None, None), True, False
+            if not cache.has_prev:
+                raise RuntimeError(
+                    "noise-aware duplication needs a previous clean frame (first block pruned?)"
+                )
+            return _PrunedPass(keep, cache_index, fill_index(keep.mask, f, cascade=False), None), False, True
         # m_degree passes, and the clean t = 0 pass of m_degree / full: cascade from the true predecessor.
-        kf = cascade_fill(scatter_kept(k, keep.idx, n), keep.mask, prev_k, f)
-        vf = cascade_fill(scatter_kept(v, keep.idx, n), keep.mask, prev_v, f)
-        self._write_kv(cache, layer, ctx, self.ops.rope(kf, ctx.cos, ctx.sin), vf)
-        if memory:
-            cache.prev_k_raw[layer].copy_(kf[:, -cache.tokens_per_frame :])
-            cache.prev_v[layer].copy_(vf[:, -cache.tokens_per_frame :])
+        return _PrunedPass(keep, cache_index, fill_index(keep.mask, f, cascade=True), None), False, True
 
     def forward_block_trainable(
         self,
@@ -364,31 +413,35 @@ class CausalWanDiT(torch.nn.Module):
             if prefill or memory:
                 cache.present.index_copy_(0, ctx.token_index, keep.mask)
             attn_mask = cache.present[:valid].view(1, 1, 1, valid)
+        pp, rotate_k, raw_k = self._pruned_pass(cache, ctx, keep, recovery, memory, prefill)
         n_run = hs.shape[1]
         ops = self.ops
         consts = self._consts
         for layer, block in enumerate(wan.blocks):
             if n_run == 0:  # every token pruned: only the K/V duplicates are written
                 empty = hs.new_zeros((b, 0, self.heads, self.head_dim))
-                self._self_attention_kv(cache, layer, ctx, empty, empty, keep, recovery, memory, prefill)
+                self._self_attention_kv(cache, layer, ctx, _PassKV(empty, empty, empty), pp, recovery, memory)
                 continue
             m = self._modulation(block.scale_shift_table, mod, uniform, fidx)
             shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate = m.unbind(2)
             lw = layer_weights(block)
 
             # Self-attention over sink + window (the block's own keys are written first).
-            q, k, v = ops.pre_attention(hs, shift_msa, scale_msa, lw, consts, cos, sin)
-            self._self_attention_kv(cache, layer, ctx, k, v, keep, recovery, memory, prefill)
+            q, k_rot, v, k_raw = ops.pre_attention(
+                hs, shift_msa, scale_msa, lw, consts, cos, sin, rotate_k=rotate_k, raw_k=raw_k
+            )
+            self._self_attention_kv(cache, layer, ctx, _PassKV(k_rot, v, k_raw), pp, recovery, memory)
             att = F.scaled_dot_product_attention(
                 q.transpose(1, 2),
-                cache.k[layer][:, :, :valid],
-                cache.v[layer][:, :, :valid],
+                cache.k[layer][:, :valid].transpose(1, 2),
+                cache.v[layer][:, :valid].transpose(1, 2),
                 attn_mask=attn_mask,
             )
             # Cross-attention with the prompt's cached K/V, then the feed-forward.
             hs, q2 = ops.post_attention(hs, att, gate_msa, lw, consts)
             att2 = F.scaled_dot_product_attention(q2, cross.k[layer], cross.v[layer])
-            hs = ops.post_cross(hs, att2, c_shift, c_scale, c_gate, lw, consts)
+            hs, nx = ops.post_cross(hs, att2, c_shift, c_scale, lw, consts)
+            hs = ops.post_ffn(hs, ops.ffn_in(nx, lw, consts), c_gate, lw)
         if memory:
             cache.has_prev = True
 

@@ -14,8 +14,10 @@ from lipar_core.models.layer_ops import LayerOps
 from tests.lipar_core.models.test_transformer import TINY, _model, _rel
 
 
-def _stream(compiled: bool, keep_mask: torch.Tensor, timesteps: list[list[float]]) -> list[torch.Tensor]:
-    """Three blocks: unpruned, then two pruned with ``keep_mask`` (full recovery), each pass of ``timesteps``."""
+def _stream(
+    compiled: bool, keep_mask: torch.Tensor, timesteps: list[list[float]], recovery: str
+) -> list[torch.Tensor]:
+    """Three blocks: unpruned, then two pruned with ``keep_mask``, each pass of ``timesteps`` + the clean pass."""
     dit = _model(3)
     if compiled:
         dit.use_compiled_layers()
@@ -29,8 +31,8 @@ def _stream(compiled: bool, keep_mask: torch.Tensor, timesteps: list[list[float]
         ctx = dit.begin_block(cache, 3 * b)
         keep = None if b == 0 else KeepSet.from_mask(keep_mask, bucket=8)
         for i, ts in enumerate(timesteps):
-            outs.append(dit.forward_block(x, ts, cache, cross, ctx, keep, "full", prefill=i == 0))
-        outs.append(dit.forward_block(x, [0.0] * 3, cache, cross, ctx, keep, "full", memory=True))
+            outs.append(dit.forward_block(x, ts, cache, cross, ctx, keep, recovery, prefill=i == 0))
+        outs.append(dit.forward_block(x, [0.0] * 3, cache, cross, ctx, keep, recovery, memory=True))
     return outs
 
 
@@ -38,14 +40,15 @@ def _stream(compiled: bool, keep_mask: torch.Tensor, timesteps: list[list[float]
     shutil.which("g++") is None and shutil.which("gcc") is None, reason="Inductor needs a C++ compiler"
 )
 @torch.no_grad()
-def test_compiled_layers_equal_eager() -> None:
+@pytest.mark.parametrize("recovery", ["full", "m_degree", "none"])
+def test_compiled_layers_equal_eager(recovery: str) -> None:
     geo = StreamGeometry(height=64, width=96)
     keep_mask = torch.rand(geo.tokens_per_block, generator=torch.Generator().manual_seed(4)) < 0.5
     timesteps = [[700.0] * 3, [700.0, 500.0, 300.0]]  # uniform and per-frame modulation
     t0 = time.perf_counter()
-    compiled = _stream(True, keep_mask, timesteps)
+    compiled = _stream(True, keep_mask, timesteps, recovery)
     compile_s = time.perf_counter() - t0
-    eager = _stream(False, keep_mask, timesteps)
+    eager = _stream(False, keep_mask, timesteps, recovery)
     assert len(compiled) == len(eager) == 9
     for i, (c, e) in enumerate(zip(compiled, eager, strict=True)):
         assert _rel(c, e) <= 1e-5, (i, _rel(c, e))
