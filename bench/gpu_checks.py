@@ -77,10 +77,9 @@ def check_first_block() -> None:
         if name == "1.3b_bf16":
             check_compiled_equals_eager(dit, geo, x, text)
             pass_timings(dit, geo, x, text, "")
-            dit.use_compiled_layers(True, gelu_epilogue=False)
-            pass_timings(dit, geo, x, text, "compiled_")
-            dit.use_compiled_layers(True, gelu_epilogue=True)
-            pass_timings(dit, geo, x, text, "compiled_epilogue_")
+            for epilogue in (False, True) if os.environ.get("EPILOGUE_AB") else (True,):
+                dit.use_compiled_layers(True, gelu_epilogue=epilogue)
+                pass_timings(dit, geo, x, text, "compiled_epilogue_" if epilogue else "compiled_")
             dit.use_compiled_layers(False)
             ffn_epilogue_check(dit, geo)
         del wan, dit, cache
@@ -234,23 +233,25 @@ def fp8_check() -> None:
     clip = load_clips(Path(".clips"), 96, 480, 832)["bigbuckbunny"]
     res: dict[str, Any] = {}
     runs = {}
-    for fp8 in (False, True):
-        cfg = base.with_overrides(runtime={**base.runtime.model_dump(), "fp8": fp8})
+    for tag in ("bf16", "fp8", "fp8_tensor"):
+        fp8, scales = tag != "bf16", "tensor" if tag == "fp8_tensor" else "row"
+        cfg = base.with_overrides(runtime={**base.runtime.model_dump(), "fp8": fp8, "fp8_scales": scales})
         models = load_preset(cfg)
         models.text = RandomTextEncoder(4096, 512, models.device, models.dtype)
         ed = StreamEditor(models, PROMPT, seed=0, lipar=LiparConfig(**cfg.lipar))
         run_clip(ed, clip)  # compilation and graph captures
         r = run_clip(ed, clip)
-        runs[fp8] = r
-        tag = "fp8" if fp8 else "bf16"
+        runs[tag] = r
         for stage in ("dit", "total"):
             res[f"{tag}_{stage}_ms_per_block"] = statistics.median(b["ms"][stage] for b in r.blocks[1:])
         del ed, models
         torch.cuda.empty_cache()
-    peak = float(runs[False].latents.abs().max())
-    res["psnr_frames_fp8_vs_bf16_db"] = psnr(runs[True].frames.float(), runs[False].frames.float(), 255.0)
-    res["psnr_latents_fp8_vs_bf16_db"] = psnr(runs[True].latents, runs[False].latents, peak)
-    res["prune_ratio"] = [b["prune_ratio"] for b in runs[True].blocks]
+    ref = runs["bf16"]
+    peak = float(ref.latents.abs().max())
+    for tag in ("fp8", "fp8_tensor"):
+        res[f"psnr_frames_{tag}_vs_bf16_db"] = psnr(runs[tag].frames.float(), ref.frames.float(), 255.0)
+        res[f"psnr_latents_{tag}_vs_bf16_db"] = psnr(runs[tag].latents, ref.latents, peak)
+    res["prune_ratio"] = [b["prune_ratio"] for b in ref.blocks]
     out["fp8"] = res
 
 

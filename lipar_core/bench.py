@@ -414,7 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-compile-autoencoder", action="store_true", help="the tiny autoencoder eager (no torch.compile)"
     )
-    p.add_argument("--fp8", action="store_true", help="the transformer's linear layers in float8 (torchao)")
+    p.add_argument(
+        "--fp8",
+        nargs="?",
+        const="row",
+        choices=["row", "tensor"],
+        help="the transformer's linear layers in float8, with per-row (default) or per-tensor scales",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -436,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime["compile_autoencoder"] = False
     if args.fp8:
         runtime["fp8"] = True
+        runtime["fp8_scales"] = args.fp8
     cfg = cfg.with_overrides(runtime=runtime)
     fpb = StreamGeometry(
         cfg.stream.height, cfg.stream.width, latent_frames_per_block=cfg.stream.latent_frames_per_block
@@ -457,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cuda_graphs": cfg.runtime.cuda_graphs and args.device.startswith("cuda"),
         "compile_layers": cfg.runtime.compile_layers and args.device.startswith("cuda"),
         "compile_autoencoder": cfg.runtime.compile_autoencoder and args.device.startswith("cuda"),
-        "fp8": cfg.runtime.fp8,
+        "fp8": cfg.runtime.fp8 and cfg.runtime.fp8_scales,
     }
     args.out.write_text(json.dumps(res, indent=2))
     md = markdown(res)

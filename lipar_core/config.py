@@ -196,6 +196,10 @@ class RuntimeConfig(_Strict):
         "float8 with per-row weight and per-token input scales (torch._scaled_mm); an experiment: on an "
         "H100 it measured slower than bf16 so far, with a small quality cost (bench/NOTES.md)",
     )
+    fp8_scales: Literal["row", "tensor"] = Field(
+        default="row",
+        description="with fp8: one scale per weight row and per input token (row), or one per tensor (tensor)",
+    )
 
 
 class PresetConfig(_Strict):

@@ -234,7 +234,7 @@ def load_preset(
     _cast_transformer(wan, dev, dt)
     wan.eval().requires_grad_(False)
     if rt.fp8:
-        quantize_fp8(wan)
+        quantize_fp8(wan, per_row=rt.fp8_scales == "row")
     dit = CausalWanDiT(wan)
     if dev.type == "cuda":
         dit.use_compiled_layers(rt.compile_layers)

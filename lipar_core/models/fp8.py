@@ -52,27 +52,37 @@ def fp8_layer(fqn: str) -> bool:
     return len(parts) > 2 and parts[0] == "blocks" and ".".join(parts[2:]) in FP8_LAYERS
 
 
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row float8 of a weight: [N, K] -> (float8 e4m3 [N, K], float32 scale [N, 1]), w ≈ q * scale."""
-    scale = w.detach().abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+def quantize_rows(w: torch.Tensor, per_row: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float8 of a weight: [N, K] -> (float8 e4m3 [N, K], float32 scale), w ≈ q * scale.
+
+    ``per_row``: one scale per output row ([N, 1]); else one for the whole tensor ([1, 1]).
+    """
+    a = w.detach().abs()
+    amax = a.amax(dim=1, keepdim=True) if per_row else a.amax().reshape(1, 1)
+    scale = amax.float().clamp(min=1e-12) / FP8_MAX
     return (w.detach().float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
 def linear_fp8(
     x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """``F.linear`` with a float8 weight: the input quantized per token (dynamic scale), FP8 product.
+    """``F.linear`` with a float8 weight: the input quantized on the fly (dynamic scales), FP8 product.
+
+    Per-row weight scales go with one input scale per token; a per-tensor weight scale with one input scale
+    for the whole input (cuBLASLt's tensor-wise FP8 kernels).
 
     Args:
         x: [..., K] in the model dtype.
         w: [N, K] float8 e4m3 (:func:`quantize_rows`).
-        scale: [N, 1] float32 weight scales.
+        scale: [N, 1] (per row) or [1, 1] (per tensor) float32 weight scales.
         bias: [N] or None.
     Returns:
         [..., N] in ``x``'s dtype.
     """
     x2 = x.reshape(-1, x.shape[-1])
-    xs = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    a = x2.abs()
+    amax = a.amax(dim=1, keepdim=True) if scale.shape[0] > 1 else a.amax().reshape(1, 1)
+    xs = amax.float().clamp(min=1e-12) / FP8_MAX
     xq = (x2.float() / xs).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     y = torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=scale.t(), out_dtype=x.dtype, use_fast_accum=True)
     if bias is not None:
@@ -80,8 +90,10 @@ def linear_fp8(
     return y.view(*x.shape[:-1], w.shape[0])
 
 
-def convert_fp8(wan: torch.nn.Module) -> int:
+def convert_fp8(wan: torch.nn.Module, per_row: bool = True) -> int:
     """Store the per-token linear layers' weights of ``wan`` as float8 + ``fp8_scale`` (any device; no checks).
+
+    ``per_row``: per-row weight and per-token input scales; else per-tensor scales for both.
 
     Inference only: the converted modules' own ``forward`` no longer applies (the layer functions do).
     Returns the number of layers converted (8 per block).
@@ -89,14 +101,14 @@ def convert_fp8(wan: torch.nn.Module) -> int:
     n = 0
     for name, module in wan.named_modules():
         if isinstance(module, torch.nn.Linear) and fp8_layer(name):
-            q, s = quantize_rows(module.weight)
+            q, s = quantize_rows(module.weight, per_row)
             module.weight = torch.nn.Parameter(q, requires_grad=False)
             module.register_buffer("fp8_scale", s)
             n += 1
     return n
 
 
-def quantize_fp8(wan: torch.nn.Module) -> int:
+def quantize_fp8(wan: torch.nn.Module, per_row: bool = True) -> int:
     """:func:`convert_fp8` for a ``WanTransformer3DModel`` on a CUDA GPU with FP8 tensor cores.
 
     Raises:
@@ -108,6 +120,6 @@ def quantize_fp8(wan: torch.nn.Module) -> int:
     if torch.cuda.get_device_capability(device) < (8, 9):
         name = torch.cuda.get_device_name(device)
         raise FP8Unavailable(f"runtime.fp8 needs FP8 tensor cores (compute capability 8.9+); {name} has none")
-    n = convert_fp8(wan)
-    log.info("FP8: %d linear layers stored as float8 with per-row scales", n)
+    n = convert_fp8(wan, per_row)
+    log.info("FP8: %d linear layers stored as float8 with per-%s scales", n, "row" if per_row else "tensor")
     return n

@@ -30,6 +30,23 @@ import torch
 from lipar_core.geometry import StreamGeometry
 
 
+def write_rows(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.index_copy_(1, index, src)`` for token rows [B, n, ...] moved as 8-byte words where they allow.
+
+    ``index_copy_`` costs per element it moves; a bf16 row of heads x head_dim values moved as int64 words is
+    a quarter of the elements (measured: the cache writes were 12 ms of two LIPAR blocks on an H100 as bf16
+    elements). Pure data movement, so the result is bit-identical to the plain copy.
+    """
+    row = src.shape[2:].numel() * src.element_size()
+    if src.is_contiguous() and dst.is_contiguous() and row % 8 == 0 and src.dtype == dst.dtype:
+        b, n = src.shape[:2]
+        dst.view(dst.shape[0], dst.shape[1], -1).view(torch.int64).index_copy_(
+            1, index, src.reshape(b, n, -1).view(torch.int64)
+        )
+    else:
+        dst.index_copy_(1, index, src)
+
+
 @dataclass(frozen=True)
 class BlockPlan:
     """Where one block lives in the cache. Computed on the host from the block's first frame.
@@ -171,7 +188,7 @@ class KVCache:
         """Put back what :meth:`save_block` copied."""
         idx = snap.token_index
         for dst, src in zip(self.k + self.v, snap.k + snap.v, strict=True):
-            dst.index_copy_(1, idx, src)
+            write_rows(dst, idx, src)
         for dst, src in zip(self.prev_k_raw + self.prev_v, snap.prev_k_raw + snap.prev_v, strict=True):
             dst.copy_(src)
         self.present.index_copy_(0, idx, snap.present)

@@ -263,14 +263,23 @@ class LayerOps:
     post_cross: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     ffn_in: Callable[[torch.Tensor, LayerWeights, LayerConsts], torch.Tensor]
     post_ffn: Callable[..., torch.Tensor]
-    rope: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     fill_rope: Callable[..., torch.Tensor]
+    fill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     compiled: bool
 
     @classmethod
     def eager(cls) -> LayerOps:
         """The functions as written (CPU, tests, and the reference for the compiled ones)."""
-        return cls(pre_attention, post_attention, post_cross, ffn_in, post_ffn, apply_rope, fill_rope, False)
+        return cls(
+            pre_attention,
+            post_attention,
+            post_cross,
+            ffn_in,
+            post_ffn,
+            fill_rope,
+            gather_rows,
+            False,
+        )
 
     @classmethod
     def compiled_ops(cls, gelu_epilogue: bool = True) -> LayerOps:
@@ -291,7 +300,7 @@ class LayerOps:
             comp(post_cross),
             ffn_in_epilogue if gelu_epilogue else comp(ffn_in),
             comp(post_ffn),
-            comp(apply_rope),
             comp(fill_rope),
+            comp(gather_rows),
             True,
         )

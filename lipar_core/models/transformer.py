@@ -20,8 +20,8 @@ from diffusers import WanTransformer3DModel
 
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.prune import KeepSet
-from lipar_core.lipar.recovery import fill_index, gather_rows, scatter_kept
-from lipar_core.models.kv_cache import BlockPlan, KVCache
+from lipar_core.lipar.recovery import fill_index, scatter_kept
+from lipar_core.models.kv_cache import BlockPlan, KVCache, write_rows
 from lipar_core.models.layer_ops import LayerOps, layer_consts, layer_weights
 from lipar_core.models.rope import Rope3D, apply_rope
 
@@ -251,8 +251,8 @@ class CausalWanDiT(torch.nn.Module):
             cache.k[layer][:, a:b].copy_(k_rot)
             cache.v[layer][:, a:b].copy_(v)
         else:
-            cache.k[layer].index_copy_(1, ctx.token_index, k_rot)
-            cache.v[layer].index_copy_(1, ctx.token_index, v)
+            write_rows(cache.k[layer], ctx.token_index, k_rot)
+            write_rows(cache.v[layer], ctx.token_index, v)
 
     def _write_sink_raw(self, cache: KVCache, layer: int, ctx: BlockContext, k_raw: torch.Tensor) -> None:
         """Keep un-rotated keys of block frames that belong to the sink."""
@@ -296,20 +296,20 @@ class CausalWanDiT(torch.nn.Module):
         if pp.fill is None:  # kept rows only (the block's other rows were filled earlier, or stay absent)
             if pp.keep.n_keep:
                 assert kv.k_rot is not None
-                cache.k[layer].index_copy_(1, pp.cache_index, kv.k_rot)
-                cache.v[layer].index_copy_(1, pp.cache_index, kv.v)
+                write_rows(cache.k[layer], pp.cache_index, kv.k_rot)
+                write_rows(cache.v[layer], pp.cache_index, kv.v)
             if memory:  # recovery "none": only the duplication source needs the cascade
                 assert kv.k_raw is not None and pp.last_fill is not None
-                last_k = gather_rows(kv.k_raw, prev_k, pp.last_fill)
-                last_v = gather_rows(kv.v, prev_v, pp.last_fill)
+                last_k = self.ops.fill(kv.k_raw, prev_k, pp.last_fill)
+                last_v = self.ops.fill(kv.v, prev_v, pp.last_fill)
                 cache.prev_k_raw[layer].copy_(last_k)
                 cache.prev_v[layer].copy_(last_v)
             return
         assert kv.k_raw is not None
         k_full = self.ops.fill_rope(kv.k_raw, prev_k, pp.fill, ctx.cos, ctx.sin)
-        v_full = gather_rows(kv.v, prev_v, pp.fill)
+        v_full = self.ops.fill(kv.v, prev_v, pp.fill)
         if memory:
-            cache.prev_k_raw[layer].copy_(gather_rows(kv.k_raw, prev_k, pp.fill[-tpf:]))
+            cache.prev_k_raw[layer].copy_(self.ops.fill(kv.k_raw, prev_k, pp.fill[-tpf:]))
             cache.prev_v[layer].copy_(v_full[:, -tpf:])
         self._write_kv(cache, layer, ctx, k_full, v_full)
 

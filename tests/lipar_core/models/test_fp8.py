@@ -37,13 +37,15 @@ def test_fp8_converts_the_per_token_linear_layers_of_every_block() -> None:
     assert wan.blocks[0].attn2.to_k.weight.dtype == torch.float32
 
 
-def test_linear_fp8_is_the_scaled_float8_product() -> None:
+@pytest.mark.parametrize("per_row", [True, False])
+def test_linear_fp8_is_the_scaled_float8_product(per_row: bool) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 37, 64, generator=g)
-    x[0, 3] *= 50  # an outlier token: per-token scales keep the others precise
+    if per_row:
+        x[0, 3] *= 50  # an outlier token: per-token scales keep the others precise
     w, b = torch.randn(48, 64, generator=g) * 0.1, torch.randn(48, generator=g)
-    q, s = quantize_rows(w)
-    assert q.dtype == torch.float8_e4m3fn and s.shape == (48, 1)
+    q, s = quantize_rows(w, per_row)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == ((48, 1) if per_row else (1, 1))
     assert _rel(q.float() * s, w) < 0.05  # e4m3 keeps 3 mantissa bits
     y = linear_fp8(x, q, s, b)
     ref = F.linear(x, w, b)

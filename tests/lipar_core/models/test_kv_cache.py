@@ -40,3 +40,19 @@ def test_restore_undoes_a_pass(recovery: str, memory: bool, prefill: bool) -> No
     after = _state(cache)
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert cache.has_prev == has_prev
+
+
+@pytest.mark.parametrize(
+    ("dtype", "heads", "dim"), [(torch.bfloat16, 3, 8), (torch.float32, 2, 6), (torch.bfloat16, 1, 3)]
+)
+def test_write_rows_equals_index_copy(dtype: torch.dtype, heads: int, dim: int) -> None:
+    """The word-wise row copy (rows of 8-byte multiples) and its fallback (odd rows) both equal index_copy_."""
+    from lipar_core.models.kv_cache import write_rows
+
+    g = torch.Generator().manual_seed(heads * dim)
+    dst = torch.randn(1, 20, heads, dim, generator=g).to(dtype)
+    src = torch.randn(1, 7, heads, dim, generator=g).to(dtype)
+    index = torch.tensor([3, 0, 19, 7, 8, 12, 5])
+    ref = dst.clone().index_copy_(1, index, src)
+    write_rows(dst, index, src)
+    assert torch.equal(dst, ref)
