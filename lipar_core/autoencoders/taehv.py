@@ -329,7 +329,14 @@ class TAEHV(nn.Module):
         Inductor picks the convolutions' memory layout for the whole network (channels-last on GPUs, with no
         per-convolution layout conversion) and fuses the elementwise work between them (ReLU, residual adds,
         the clamp). Compilation happens on the first blocks (seconds). Training streams stay eager.
+
+        Encoder / decoder, stream start / steady state, each resolution (and possibly each instance) get graphs
+        of the one compiled function; the recompile limit is raised so that a process holding several (a bench
+        comparing configurations) does not fall back to eager for lack of cache entries.
         """
+        if enabled:
+            dyn = torch._dynamo.config
+            dyn.recompile_limit = max(dyn.recompile_limit, 32)
         self._compiled = torch.compile(_run_layers, dynamic=False) if enabled else None
 
     def layer_runner(
