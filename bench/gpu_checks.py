@@ -166,7 +166,7 @@ def check_graphs_equal_eager() -> None:
     """The editor with CUDA graphs gives the same frames as without, block by block, with pruning."""
     cfg = bench_config(480, 832, "1.3b", "cuda", "bfloat16")
     models = load_preset(cfg)
-    models.text = RandomTextEncoder(4096, 512, models.device, models.dtype)
+    models.text = RandomTextEncoder.for_models(models)
     from lipar_core.bench import load_clips
 
     clip = load_clips(__import__("pathlib").Path(".clips"), 96, 480, 832)["bigbuckbunny"]
@@ -237,7 +237,7 @@ def fp8_check() -> None:
         fp8, scales = tag != "bf16", "tensor" if tag == "fp8_tensor" else "row"
         cfg = base.with_overrides(runtime={**base.runtime.model_dump(), "fp8": fp8, "fp8_scales": scales})
         models = load_preset(cfg)
-        models.text = RandomTextEncoder(4096, 512, models.device, models.dtype)
+        models.text = RandomTextEncoder.for_models(models)
         ed = StreamEditor(models, PROMPT, seed=0, lipar=LiparConfig(**cfg.lipar))
         run_clip(ed, clip)  # compilation and graph captures
         r = run_clip(ed, clip)

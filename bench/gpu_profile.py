@@ -83,7 +83,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     cfg = bench_config(480, 832, "1.3b", "cuda", "bfloat16")
     models = load_preset(cfg)
-    models.text = RandomTextEncoder(4096, 512, models.device, models.dtype)
+    models.text = RandomTextEncoder.for_models(models)
     clips = load_clips(Path(".clips"), BLOCKS * 12, 480, 832)
     lip = LiparConfig(**cfg.lipar)
 

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lipar_core.config import PresetConfig
+from lipar_core.config import PresetConfig, TextSource
 from lipar_core.editor import StreamEditor
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
-from lipar_core.presets import get_preset_config, load_preset
+from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.video_io import fit_uint8_frames, read_frames
 
 log = logging.getLogger("lipar_core.bench")
@@ -79,6 +79,13 @@ class RandomTextEncoder:
 
     def __init__(self, text_dim: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
         self.text_dim, self.length, self.device, self.dtype = text_dim, length, device, dtype
+
+    @classmethod
+    def for_models(cls, models: EditorModels) -> RandomTextEncoder:
+        """Embeddings shaped for ``models``' transformer (its ``text_dim``) at umT5's padded prompt length (the
+        default ``model.text.max_length``), on its device and dtype."""
+        length = int(TextSource.model_fields["max_length"].default)
+        return cls(int(models.dit.wan.config.text_dim), length, models.device, models.dtype)
 
     def encode(self, prompt: str) -> torch.Tensor:
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little") % 2**63
@@ -254,7 +261,7 @@ def run_bench(
     """Run every variant on every clip; returns the full results dict."""
     models = load_preset(cfg)
     if cfg.model.transformer.source == "random":  # random weights: random prompt embeddings of umT5's shape
-        models.text = RandomTextEncoder(int(models.dit.wan.config.text_dim), 512, models.device, models.dtype)
+        models.text = RandomTextEncoder.for_models(models)
     dev = models.device
     fpb = models.geometry.pixel_frames_per_block
     results: dict[str, Any] = {"variants": {}, "clips": list(clips), "reference": "window", "warmup": warmup}

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lipar_core.autoencoders.taehv import TAEHV, MemBlock, TAEHVWeightsError, TGrow, TPool, tiny_taehv
+from tests.markers import needs_cxx
 
 # Size in bytes of the published fp16 taew2_1.safetensors (LIPAR.md §9). The safetensors header spells every key
 # name, dtype, shape and offset, so an architecture whose fp16 state dict serialises to exactly this many bytes
@@ -305,10 +306,7 @@ def test_streaming_equals_whole_on_real_video(tiny: TAEHV) -> None:
         assert (y - tiny.decode(z)).abs().max() <= 1e-5
 
 
-@pytest.mark.skipif(
-    __import__("shutil").which("g++") is None and __import__("shutil").which("gcc") is None,
-    reason="Inductor needs a C++ compiler",
-)
+@needs_cxx
 def test_compiled_streams_equal_eager() -> None:
     """``compile_streams``: the same latents and frames block by block (stream start and steady state), the
     state carried the same way; training streams stay eager."""

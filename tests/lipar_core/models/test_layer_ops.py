@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.prune import KeepSet
 from lipar_core.models.layer_ops import LayerOps
 from tests.lipar_core.models.test_transformer import TINY, _model, _rel
+from tests.markers import needs_cxx
 
 
 def _stream(
@@ -36,9 +36,7 @@ def _stream(
     return outs
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("gcc") is None, reason="Inductor needs a C++ compiler"
-)
+@needs_cxx
 @torch.no_grad()
 @pytest.mark.parametrize("recovery", ["full", "m_degree", "none"])
 def test_compiled_layers_equal_eager(recovery: str) -> None:
