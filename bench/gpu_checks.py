@@ -21,6 +21,7 @@ from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
 from lipar_core.lipar.prune import KeepSet
 from lipar_core.models.graphs import GraphedDiT
+from lipar_core.models.kv_cache import CacheStage
 from lipar_core.models.transformer import CausalWanDiT
 from lipar_core.presets import _cast_transformer, load_preset
 
@@ -143,11 +144,12 @@ def pass_timings(
         ctx = dit.begin_block(cache, 3 * b)
         dit.forward_block(x, [0.0] * 3, cache, cross, ctx, memory=True)
     ctx = dit.begin_block(cache, 12)
-    g = GraphedDiT(dit, cache)
+    g = GraphedDiT(dit, CacheStage(cache))
+    g.stage.attach(cache)
     out[f"{tag}dit_pass_ms_unpruned_eager"] = timed(
         lambda: dit.forward_block(x, [700.0] * 3, cache, cross, ctx)
     )
-    out[f"{tag}dit_pass_ms_unpruned_graph"] = timed(lambda: g.forward_block(x, [700.0] * 3, cross, ctx))
+    out[f"{tag}dit_pass_ms_unpruned_graph"] = timed(lambda: g.forward_block(x, [700.0] * 3, cache, cross, ctx))
     n = geo.tokens_per_block
     for frac in (0.75, 0.5, 0.25, 0.1):
         gen = torch.Generator(device=dev).manual_seed(1)
@@ -156,7 +158,7 @@ def pass_timings(
             lambda ks=ks: dit.forward_block(x, [700.0] * 3, cache, cross, ctx, ks, "full")
         )
         out[f"{tag}dit_pass_ms_keep_{frac}_graph"] = timed(
-            lambda ks=ks: g.forward_block(x, [700.0] * 3, cross, ctx, ks, "full")
+            lambda ks=ks: g.forward_block(x, [700.0] * 3, cache, cross, ctx, ks, "full")
         )
     out[f"{tag}graphs_captured"] = g.captures
 

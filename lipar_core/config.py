@@ -215,8 +215,13 @@ class PresetConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PresetConfig:
-        """Load and validate a YAML preset file."""
-        return cls.model_validate(read_yaml_mapping(path, "config file"))
+        """Load and validate a YAML preset file.
+
+        A file may start from another preset with ``extends: NAME_OR_PATH`` (a built-in name, or a path
+        relative to the file): its sections are merged over that preset's, key by key (mappings merge,
+        anything else replaces), e.g. a low-latency variant that only sets ``stream.latent_frames_per_block``.
+        """
+        return cls.model_validate(_resolve_extends(Path(path), ()))
 
     def with_bundle(self, bundle: str | Path, name: str | None = None) -> PresetConfig:
         """A copy whose model is the bundle file ``bundle`` (stream, scheduler, runtime and LIPAR kept)."""
@@ -231,6 +236,29 @@ class PresetConfig(_Strict):
         data = self.model_dump()
         data.update(updates)
         return PresetConfig.model_validate(data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``: nested mappings key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_extends(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A preset file's mapping with its ``extends`` chain merged in (ValueError on a cycle)."""
+    data = read_yaml_mapping(path, "config file")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ValueError(f"config file {path}: extends must name a preset or a file")
+    local = path.parent / parent
+    base_path = local if local.suffix in (".yaml", ".yml") and local.is_file() else preset_path(parent)
+    if base_path.resolve() in chain:
+        raise ValueError(f"config file {path}: extends forms a cycle through {base_path}")
+    return _merge(_resolve_extends(base_path, (*chain, path.resolve())), data)
 
 
 PRESET_DIR = Path(__file__).parent / "configs"

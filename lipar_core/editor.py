@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -121,8 +122,9 @@ class StreamEditor:
             )
         self.cache = models.dit.new_cache(self.geometry, sink, window, cfg.stream.train_frames)
         use_graphs = cfg.runtime.cuda_graphs if cuda_graphs is None else cuda_graphs
-        self.graphs = (
-            GraphedDiT(models.dit, self.cache) if use_graphs and self.device.type == "cuda" else None
+        # One set of graphs per worker (and cache shape), shared by all its streams: see graphs.py.
+        self.graphs: GraphedDiT | None = (
+            models.graph_runner(self.cache) if use_graphs and self.device.type == "cuda" else None
         )
         self.masker = PruneMasker(self.lipar, self.geometry)
         self.restoration = RestorationBuffer((self.geometry.patch[1], self.geometry.patch[2]))
@@ -254,10 +256,73 @@ class StreamEditor:
     ) -> torch.Tensor:
         """One DiT pass of this stream (from a CUDA graph when enabled and possible)."""
         if self.graphs is not None:
-            return self.graphs.forward_block(x, timesteps, cross, ctx, keep, recovery, memory, prefill)
+            return self.graphs.forward_block(
+                x, timesteps, self.cache, cross, ctx, keep, recovery, memory, prefill
+            )
         return self.models.dit.forward_block(
             x, timesteps, self.cache, cross, ctx, keep, recovery, memory, prefill
         )
+
+    def bucket_sizes(self) -> list[int]:
+        """Every kept-token count a pruned pass can run with (multiples of ``lipar.bucket``, capped at the
+        block's token count): the shapes :meth:`prepare_graphs` captures."""
+        n, b = self.geometry.tokens_per_block, self.lipar.bucket
+        return sorted({*range(b, n, b), n})
+
+    @torch.no_grad()
+    def prepare_graphs(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Capture every CUDA graph this stream's settings can replay, before any stream needs one.
+
+        Runs the stream's first block on random frames (eager, as every stream's first block is), then, at each
+        block position whose attended prefix differs (the ring filling up, then full), captures the graph of
+        every pass kind (first denoising pass, later denoising passes, the clean pass) for every kept-token
+        bucket and for the unpruned block. Graphs are shared by every stream of the worker with this cache
+        shape (:meth:`EditorModels.graph_runner`) and no longer depend on timesteps, so afterwards no session,
+        prune rate, strength or step count captures while streaming (another ``recovery`` or ``m`` override
+        still captures on first use). Leaves the stream reset.
+
+        Args:
+            progress: called with (graphs prepared so far, graphs to prepare) after each one.
+        Returns:
+            The number of graphs captured (0 without CUDA graphs).
+        """
+        if self.graphs is None:
+            return 0
+        g = torch.Generator().manual_seed(0)
+        shape = (self.frames_per_block, self.height, self.width, 3)
+        self._restart()
+        self.process_block(torch.randint(0, 256, shape, dtype=torch.uint8, generator=g))
+        geo = self.geometry
+        f, (gh, gw) = geo.token_frames_per_block, geo.token_grid
+        keeps: list[KeepSet | None] = [None]
+        if self.lipar.enabled:
+            n = geo.tokens_per_block
+            for pad in self.bucket_sizes():
+                mask = torch.zeros(n, dtype=torch.bool, device=self.device)
+                mask[: min(pad, n - 1)] = True
+                keeps.append(KeepSet.from_mask(mask.view(f, gh, gw), self.lipar.bucket))
+        kinds = [(True, False, self.steps[0]), (False, False, self.steps[-1]), (False, True, 0.0)]
+        positions: list[int] = []
+        frame, seen = self.frame_index, set()
+        while (valid := self.cache.plan(frame).valid_frames) not in seen:
+            seen.add(valid)
+            positions.append(frame)
+            frame += f
+        total, done, captured = len(positions) * len(keeps) * len(kinds), 0, 0
+        self.graphs.stage.attach(self.cache)
+        self.cache.has_prev = True
+        for frame in positions:
+            ctx = self.models.dit.begin_block(self.cache, frame)
+            for keep in keeps:
+                for prefill, memory, t in kinds:
+                    captured += self.graphs.prepare(
+                        self.cache, self._cross, ctx, keep, self.lipar.recovery, memory, prefill, t
+                    )
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        self._restart()
+        return captured
 
     def _to_model_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, H, W, 3] (any size) -> float [1, T, 3, height, width] in [0, 1] on the device.
@@ -300,6 +365,8 @@ class StreamEditor:
         everything runs before this returns. Arguments as in :meth:`process_block`.
         """
         self._apply_pending()
+        if self.graphs is not None:
+            self.graphs.stage.attach(self.cache)  # this stream's cache into the shared graphs' buffers
         m = self.models
         sched = m.scheduler
         timer = StageTimer(self.device)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,8 @@ from lipar_core.config import (
 )
 from lipar_core.geometry import StreamGeometry
 from lipar_core.models.fp8 import quantize_fp8
+from lipar_core.models.graphs import GraphedDiT
+from lipar_core.models.kv_cache import CacheStage, KVCache
 from lipar_core.models.transformer import CausalWanDiT
 from lipar_core.scheduler import FlowMatchScheduler
 from lipar_core.text.encoder import PromptEncoder
@@ -56,7 +58,11 @@ class TextEncoder(Protocol):
 
 @dataclass
 class EditorModels:
-    """Everything a worker loads once and shares between its streams (no per-stream state)."""
+    """Everything a worker loads once and shares between its streams (no per-stream state).
+
+    ``graph_runners`` holds the worker's CUDA-graph runners, one per cache shape (sink and window frames),
+    shared by every stream of that shape (:meth:`graph_runner`).
+    """
 
     config: PresetConfig
     geometry: StreamGeometry
@@ -67,6 +73,15 @@ class EditorModels:
     device: torch.device
     dtype: torch.dtype
     autoencoder_dtype: torch.dtype
+    graph_runners: dict[tuple[int, int, int], GraphedDiT] = field(default_factory=dict)
+
+    def graph_runner(self, cache: KVCache) -> GraphedDiT:
+        """The shared CUDA-graph runner (and cache stage) for streams with caches shaped like ``cache``."""
+        key = (cache.sink_frames, cache.window_frames, cache.train_frames)
+        runner = self.graph_runners.get(key)
+        if runner is None:
+            runner = self.graph_runners[key] = GraphedDiT(self.dit, CacheStage(cache))
+        return runner
 
 
 def get_preset_config(name_or_path: str | Path) -> PresetConfig:

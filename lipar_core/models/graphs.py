@@ -1,27 +1,29 @@
-"""CUDA graphs for the DiT passes of one stream.
+"""CUDA graphs for the DiT passes, shared by every stream of a worker.
 
 In eager mode a pass launches a few thousand small kernels from Python; at pruned token counts the launch
 overhead, not the GPU, sets the time (measured on an H200: a 10 %-kept pass took 35 ms eager against 67 ms
-unpruned). :class:`GraphedDiT` captures one CUDA graph per (kept-token bucket, pass kind) and replays it.
+unpruned). :class:`GraphedDiT` captures one CUDA graph per (kept-token bucket, pass kind, attended prefix) and
+replays it.
 
 What a graph bakes in, and how it is kept valid:
 
 - Tensors it reads are static buffers owned here, refreshed by copies before each replay: the input latents,
   the block's RoPE tables and cache token indices, the kept-token indices of the bucket, the block token mask,
-  and the prompt's cross-attention K/V (copied only when the prompt changes).
+  the time embedding and modulation of the pass's timestep (so one graph serves every timestep, strength and
+  step count), and the prompt's cross-attention K/V (copied only when the prompt, or the stream, changes).
+- The KV cache: graphs are bound to the buffers of a :class:`~lipar_core.models.kv_cache.CacheStage`, and
+  each stream's cache is attached to the stage before its block runs. So all streams of a worker share one set
+  of graphs: a new session, a new prune rate or a new strength never captures while streaming once
+  :meth:`GraphedDiT.prepare` has captured every bucket at warm-up.
 - Host decisions it bakes: the attended prefix length (part of the graph key, so blocks before the ring is
-  full get their own graphs), whether the block holds sink frames (such blocks, the stream's first, run
-  eagerly), the kind of pass and its timesteps (part of the key).
-- The stream's KV cache has fixed addresses for the stream's lifetime, so graphs stay bound to it.
+  full get their own graphs), whether the block holds sink frames (such blocks, a stream's first, run
+  eagerly), whether the pass is uniform over frames (only uniform passes are graphed) and the kind of pass.
 
-Graphs stay valid across a stream reset (same buffers; eligibility is checked per pass).
-All graphs of a stream share one memory pool (its passes run one after another on one stream); the pool
-lives as long as the stream's runner (a pool shared across runners breaks when one runner's graphs are all
-freed: the allocator then retires the pool while its handle is still in use).
-Graph replay computes exactly what the eager pass computes (the same kernels on the same data).
-With compiled layer functions (``CausalWanDiT.use_compiled_layers``) every capture is preceded by the same
-pass run eagerly, so that compilation and autotuning never happen inside capture; the block's cache state is
-saved before and restored after it (``KVCache.save_block``), so the warm-up leaves no trace.
+All graphs share one memory pool (passes run one after another on one stream, and every output is cloned
+right after its replay). Graph replay computes exactly what the eager pass computes (the same kernels on the
+same data). With compiled layer functions (``CausalWanDiT.use_compiled_layers``) every capture is preceded by
+the same pass run eagerly, so that compilation and autotuning never happen inside capture; the block's cache
+state is saved before and restored after it (``KVCache.save_block``), so the warm-up leaves no trace.
 """
 
 from __future__ import annotations
@@ -34,30 +36,31 @@ from typing import Any
 import torch
 
 from lipar_core.lipar.prune import KeepSet
-from lipar_core.models.kv_cache import KVCache
+from lipar_core.models.kv_cache import CacheStage, KVCache
 from lipar_core.models.transformer import BlockContext, CausalWanDiT, CrossKV
 
 log = logging.getLogger(__name__)
 
 
 class GraphedDiT:
-    """Per-stream CUDA-graph runner around :meth:`CausalWanDiT.forward_block` (same signature and results).
+    """CUDA-graph runner around :meth:`CausalWanDiT.forward_block` (same results), shared by the streams whose
+    caches attach to its stage.
 
     Args:
         dit: the shared model.
-        cache: the stream's KV cache (graphs are bound to its buffers).
+        stage: the cache stage the graphs are bound to (streams attach their caches to it before a block).
         max_graphs: captured graphs kept at most (oldest dropped first).
     """
 
-    def __init__(self, dit: CausalWanDiT, cache: KVCache, max_graphs: int = 256) -> None:
+    def __init__(self, dit: CausalWanDiT, stage: CacheStage, max_graphs: int = 1024) -> None:
         self.dit = dit
-        self.cache = cache
-        self.device = cache.k[0].device
+        self.stage = stage
+        self.device = stage.buffers.k[0].device
         self.max_graphs = max_graphs
-        geo = cache.geometry
+        geo = stage.geometry
         n = geo.tokens_per_block
         half = dit.head_dim // 2
-        dt = cache.k[0].dtype
+        dt = stage.buffers.k[0].dtype
         f = geo.latent_frames_per_block
         self._x = torch.zeros(
             1, f, dit.in_channels, geo.latent_height, geo.latent_width, device=self.device, dtype=dt
@@ -70,10 +73,11 @@ class GraphedDiT:
         )
         self._mask = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._idx: dict[int, torch.Tensor] = {}
+        self._temb: tuple[torch.Tensor, torch.Tensor] | None = None  # (temb [F, dim], mod [F, 6, dim])
         self._cross: CrossKV | None = None
         self._cross_src: CrossKV | None = None
-        # key -> (graph, its output, tensors it reads that must outlive it)
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        # key -> (graph, its output)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._warm = False
         self._pool: Any = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
         self.replays = 0
@@ -88,18 +92,38 @@ class GraphedDiT:
         self._cross_src = cross
         return self._cross
 
-    def _eligible(self, ctx: BlockContext, keep: KeepSet | None, timesteps: Sequence[float]) -> bool:
+    def _static_temb(self, ts: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        temb, mod = self.dit._time_embed(ts, self._x)
+        if self._temb is None or self._temb[0].shape != temb.shape:
+            self._temb = (temb.clone(), mod.clone())
+        else:
+            self._temb[0].copy_(temb)
+            self._temb[1].copy_(mod)
+        return self._temb
+
+    def _eligible(
+        self, cache: KVCache, ctx: BlockContext, keep: KeepSet | None, timesteps: Sequence[float]
+    ) -> bool:
         if self.device.type != "cuda":
             return False
-        in_sink = ctx.plan.frame_start < self.cache.sink_frames
+        in_sink = ctx.plan.frame_start < cache.sink_frames
         uniform = all(t == timesteps[0] for t in timesteps)
         empty = keep is not None and keep.n_keep == 0
         return not in_sink and uniform and not empty
+
+    @staticmethod
+    def key(keep: KeepSet | None, recovery: str, memory: bool, prefill: bool, valid_frames: int) -> tuple:
+        """The graph a pass replays: (bucket, recovery, clean pass, first pass, attended frames); an unpruned
+        pass is the same whatever its recovery or prefill flag."""
+        if keep is None:
+            return (0, "", memory, False, valid_frames)
+        return (keep.n_pad, recovery, memory, prefill, valid_frames)
 
     def forward_block(
         self,
         x: torch.Tensor,
         timesteps: Sequence[float],
+        cache: KVCache,
         cross: CrossKV,
         ctx: BlockContext,
         keep: KeepSet | None = None,
@@ -107,30 +131,44 @@ class GraphedDiT:
         memory: bool = False,
         prefill: bool = False,
     ) -> torch.Tensor:
-        """:meth:`CausalWanDiT.forward_block` on this stream's cache, replayed from a CUDA graph when possible."""
+        """:meth:`CausalWanDiT.forward_block` on ``cache`` (attached to the stage), from a CUDA graph when
+        possible."""
         if keep is not None and keep.full:
             keep = None
-        if not self._eligible(ctx, keep, timesteps):
-            return self.dit.forward_block(
-                x, timesteps, self.cache, cross, ctx, keep, recovery, memory, prefill
-            )
-        n_pad = keep.n_pad if keep is not None else 0
+        if not self._eligible(cache, ctx, keep, timesteps):
+            return self.dit.forward_block(x, timesteps, cache, cross, ctx, keep, recovery, memory, prefill)
+        if not self.stage.holds(cache):
+            raise RuntimeError("attach the stream's cache to the stage (CacheStage.attach) before its block")
+        key = self.key(keep, recovery, memory, prefill, ctx.plan.valid_frames)
         ts = tuple(float(t) for t in timesteps)
-        key = (n_pad, recovery if keep is not None else "", memory, prefill, ts, ctx.plan.valid_frames)
-        # Refresh the static inputs.
+        static = self._refresh(x, ts, cross, ctx, keep)
+        hit = self._graphs.get(key)
+        if hit is None:
+            hit = self._capture(key, cache, ts, *static, recovery, memory, prefill)
+        graph, out = hit
+        graph.replay()
+        self.replays += 1
+        if memory:
+            cache.has_prev = True
+        return out.clone()
+
+    def _refresh(
+        self, x: torch.Tensor, ts: tuple[float, ...], cross: CrossKV, ctx: BlockContext, keep: KeepSet | None
+    ) -> tuple[CrossKV, BlockContext, KeepSet | None, tuple[torch.Tensor, torch.Tensor]]:
+        """Copy a pass's inputs into the static buffers; returns what the graphs read instead."""
         self._x.copy_(x)
         self._cos.copy_(ctx.cos)
         self._sin.copy_(ctx.sin)
         self._token_index.copy_(ctx.token_index)
         static_keep = None
         if keep is not None:
+            n_pad = keep.n_pad
             idx = self._idx.get(n_pad)
             if idx is None:
                 idx = self._idx[n_pad] = torch.zeros(n_pad, dtype=torch.int64, device=self.device)
             idx.copy_(keep.idx)
             self._mask.copy_(keep.mask)
             static_keep = KeepSet(mask=self._mask, idx=idx, n_keep=keep.n_keep, n_total=keep.n_total)
-        scross = self._static_cross(cross)
         sctx = replace(
             ctx,
             cos=self._cos,
@@ -139,22 +177,49 @@ class GraphedDiT:
             frame_of_token=self._frame_of_token,
             index_writes=True,
         )
-        hit = self._graphs.get(key)
-        if hit is None:
-            hit = self._capture(key, ts, scross, sctx, static_keep, recovery, memory, prefill)
-        graph, out, _ = hit
-        graph.replay()
-        self.replays += 1
-        if memory:
-            self.cache.has_prev = True
-        return out.clone()
+        return self._static_cross(cross), sctx, static_keep, self._static_temb(ts)
+
+    def prepare(
+        self,
+        cache: KVCache,
+        cross: CrossKV,
+        ctx: BlockContext,
+        keep: KeepSet | None,
+        recovery: str,
+        memory: bool,
+        prefill: bool,
+        timestep: float,
+    ) -> bool:
+        """Capture the graph of one pass kind without replaying it (warm-up); False if it is there already.
+
+        ``cache`` must be attached to the stage; its contents may be garbage (nothing is replayed), but the
+        eager pass before a capture needs ``cache.has_prev`` for ``full`` recovery's first pruned pass.
+        """
+        if keep is not None and keep.full:
+            keep = None
+        key = self.key(keep, recovery, memory, prefill, ctx.plan.valid_frames)
+        if key in self._graphs:
+            return False
+        if not self.stage.holds(cache):
+            raise RuntimeError("attach the stream's cache to the stage (CacheStage.attach) before preparing")
+        ts = (float(timestep),) * ctx.plan.num_frames
+        x = torch.zeros_like(self._x)
+        self._capture(key, cache, ts, *self._refresh(x, ts, cross, ctx, keep), recovery, memory, prefill)
+        return True
+
+    @property
+    def graphs(self) -> int:
+        """Graphs captured and kept now."""
+        return len(self._graphs)
 
     def _run_aside(
         self,
+        cache: KVCache,
         ts: tuple[float, ...],
         cross: CrossKV,
         ctx: BlockContext,
         keep: KeepSet | None,
+        temb: tuple[torch.Tensor, torch.Tensor],
         recovery: str,
         memory: bool,
         prefill: bool,
@@ -164,40 +229,49 @@ class GraphedDiT:
         s = torch.cuda.Stream(self.device)
         s.wait_stream(cur)
         with torch.cuda.stream(s):
-            self.dit.forward_block(self._x, ts, self.cache, cross, ctx, keep, recovery, memory, prefill)
+            self.dit.forward_block(
+                self._x, ts, cache, cross, ctx, keep, recovery, memory, prefill, time_embedding=temb
+            )
         cur.wait_stream(s)
 
     def _capture(
         self,
         key: tuple,
+        cache: KVCache,
         ts: tuple[float, ...],
         cross: CrossKV,
         ctx: BlockContext,
         keep: KeepSet | None,
+        temb: tuple[torch.Tensor, torch.Tensor],
         recovery: str,
         memory: bool,
         prefill: bool,
-    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]:
-        temb = self.dit._time_embed(ts, self._x)  # outside the graph; kept alive with it below
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         if self.dit.ops.compiled:
             # Compiled layer functions may compile or autotune on a new input shape or kind, which must not
             # happen inside capture: run this exact pass once first, then put the cache back as it was.
-            snap = self.cache.save_block(ctx.token_index)
-            self._run_aside(ts, cross, ctx, keep, recovery, memory, prefill)
-            self.cache.restore_block(snap)
+            snap = cache.save_block(ctx.token_index)
+            has_prev = cache.has_prev
+            self._run_aside(cache, ts, cross, ctx, keep, temb, recovery, memory, prefill)
+            cache.restore_block(snap)
+            cache.has_prev = has_prev
             del snap
             self._warm = True
         elif not self._warm:
             # Lazy initialisation (cuBLAS workspaces, kernels) outside capture, with an idempotent pass:
             # a denoising pass without prefill only rewrites the block's own kept K/V with the same values.
-            self._run_aside(ts, cross, ctx, keep, recovery, False, False)
+            self._run_aside(cache, ts, cross, ctx, keep, temb, recovery, False, False)
             self._warm = True
         if len(self._graphs) >= self.max_graphs:
             self._graphs.pop(next(iter(self._graphs)))
         g = torch.cuda.CUDAGraph()
+        has_prev = cache.has_prev
         with torch.cuda.graph(g, pool=self._pool):
-            out = self.dit.forward_block(self._x, ts, self.cache, cross, ctx, keep, recovery, memory, prefill)
-        self._graphs[key] = (g, out, temb)
+            out = self.dit.forward_block(
+                self._x, ts, cache, cross, ctx, keep, recovery, memory, prefill, time_embedding=temb
+            )
+        cache.has_prev = has_prev  # capture runs nothing: the host flag must not move either
+        self._graphs[key] = (g, out)
         self.captures += 1
         log.debug("captured DiT graph %s (%d graphs)", key, len(self._graphs))
         return self._graphs[key]

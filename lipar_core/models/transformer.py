@@ -357,6 +357,7 @@ class CausalWanDiT(torch.nn.Module):
         recovery: str = "full",
         memory: bool = False,
         prefill: bool = False,
+        time_embedding: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One DiT pass over one block; writes the block's K/V into the cache.
 
@@ -376,6 +377,9 @@ class CausalWanDiT(torch.nn.Module):
             recovery: ``none`` | ``m_degree`` | ``full`` (see :meth:`_self_attention_kv`).
             memory: this is the clean t = 0 pass (stores the duplication source for the next block).
             prefill: the block's first denoising pass (``full`` recovery pre-fills pruned K/V once).
+            time_embedding: (temb [F, dim], modulation [F, 6, dim]) to use instead of computing them from
+                ``timesteps`` (CUDA graphs read them from buffers, so that one graph serves every timestep);
+                ``timesteps`` still decides whether the pass is uniform over frames.
         Returns:
             flow prediction [B, F, C_out, h, w]; zero at pruned positions.
         """
@@ -404,7 +408,7 @@ class CausalWanDiT(torch.nn.Module):
 
         ts = tuple(float(t) for t in timesteps)
         uniform = all(t == ts[0] for t in ts)
-        temb, mod = self._time_embed(ts, hs)
+        temb, mod = time_embedding if time_embedding is not None else self._time_embed(ts, hs)
         fidx = None if uniform else fot
 
         valid = ctx.plan.valid_frames * cache.tokens_per_frame

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from lipar_core.editor import StreamEditor
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +67,19 @@ class LiparEditorFactory:
         runtime["device"] = device
         preset = preset.with_overrides(runtime=runtime)
         self.models = load_preset(preset)
-        probe = self.new("warm-up", 0)
+        probe = self._editor("warm-up", 0)
         self.frames_per_block = int(probe.frames_per_block)
         self.height, self.width = int(probe.height), int(probe.width)
         if self.models.device.type == "cuda":
             self._warm_up(probe)
         del probe
 
-    def _warm_up(self, editor: Editor) -> None:
-        """Run a few blocks before taking sessions, so that the first session's first blocks do not pay for
-        compiling the layer functions, autotuning kernels or cuDNN's algorithm search: a moving block, a
-        static one (pruned passes) and a half-moving one."""
+    def _warm_up(self, editor: StreamEditor) -> None:
+        """Before taking sessions: run a few blocks (compiling the layer functions and the autoencoder,
+        autotuning kernels, cuDNN's algorithm search: a moving block, a static one with pruned passes, a
+        half-moving one), then capture the CUDA graphs of every kept-token bucket and pass kind, which all
+        sessions of this worker share (``StreamEditor.prepare_graphs``). So no session ever compiles or captures
+        while streaming."""
         import time
 
         t0 = time.perf_counter()
@@ -87,16 +92,36 @@ class LiparEditorFactory:
         with torch.inference_mode():
             for frames in (a, b, b, half):
                 editor.process_block(frames)
-        log.info("warmed up in %.1f s", time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        log.info("ran the warm-up blocks in %.1f s; capturing CUDA graphs", t1 - t0)
+        last = [t1]
+
+        def progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if done == total or now - last[0] > 5.0:
+                last[0] = now
+                log.info("CUDA graphs: %d of %d prepared", done, total)
+
+        with torch.inference_mode():
+            captured = editor.prepare_graphs(progress)
+        log.info(
+            "captured %d CUDA graphs in %.1f s (warm-up %.1f s)",
+            captured,
+            time.perf_counter() - t1,
+            time.perf_counter() - t0,
+        )
 
     def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> Editor:
         """A fresh ``StreamEditor`` sharing this worker's models; ``lipar`` overrides the preset's settings."""
+        editor: Editor = self._editor(prompt, seed, lipar)
+        return editor
+
+    def _editor(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> StreamEditor:
         from lipar_core.editor import StreamEditor
         from lipar_core.lipar.config import LiparConfig
 
         settings = LiparConfig.model_validate({**self.models.config.lipar, **(lipar or {})})
-        editor: Editor = StreamEditor(self.models, prompt=prompt, seed=seed, lipar=settings)
-        return editor
+        return StreamEditor(self.models, prompt=prompt, seed=seed, lipar=settings)
 
 
 def make_factory(path: str, config: str, device: str) -> EditorFactory:

@@ -136,3 +136,34 @@ def test_bundle_preset_loads_and_edits(tmp_path: Path) -> None:
     doc["model"] = {"bundle": "x.safetensors", "text": {"kind": "tiny"}}
     with pytest.raises(ValueError, match=r"model\.bundle replaces"):
         PresetConfig.model_validate(doc)
+
+
+def test_a_preset_extends_another_key_by_key(tmp_path: Path) -> None:
+    """``extends`` merges mappings key by key and replaces anything else; the shipped low-latency and
+    random-weight 1.3B presets are built that way."""
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: tiny-random\nname: child\nstream: {latent_frames_per_block: 1}\n")
+    cfg = PresetConfig.from_yaml(child)
+    base = get_preset_config("tiny-random")
+    assert cfg.name == "child" and cfg.stream.latent_frames_per_block == 1
+    assert cfg.stream.height == base.stream.height and cfg.model == base.model
+    grandchild = tmp_path / "grandchild.yaml"
+    grandchild.write_text("extends: child.yaml\nname: grandchild\nstream: {height: 128}\n")
+    cfg2 = PresetConfig.from_yaml(grandchild)
+    assert (cfg2.stream.height, cfg2.stream.latent_frames_per_block, cfg2.stream.width) == (128, 1, 256)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\nname: loop\n")
+    with pytest.raises(ValueError, match="cycle"):
+        PresetConfig.from_yaml(loop)
+
+    rnd = get_preset_config("self-forcing-1.3b-random")
+    real = get_preset_config("self-forcing-1.3b")
+    assert rnd.model.transformer.source == "random" and rnd.model.transformer.generator is None
+    assert (
+        rnd.model.transformer.config["num_layers"] == 30 and rnd.model.transformer.config["ffn_dim"] == 8960
+    )
+    assert rnd.model.text.kind == "tiny" and rnd.model.text.max_length == real.model.text.max_length
+    assert (rnd.stream, rnd.scheduler) == (real.stream, real.scheduler)
+    low = get_preset_config("self-forcing-1.3b-random-lowlatency")
+    assert low.stream.latent_frames_per_block == 1 and low.model == rnd.model
+    assert get_preset_config("self-forcing-1.3b-lowlatency").model == real.model
