@@ -357,12 +357,14 @@ class StreamEditor:
     def submit_block(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> BlockTicket:
         """Queue the next block of the stream; the output comes from :meth:`BlockTicket.result`.
 
-        On CUDA, the encoder and the decoder have streams of their own; mask and DiT run on the current
-        stream, after the block's latents are encoded, and the decoder after the DiT: the host returns once
-        the DiT's work is queued, so the caller can submit the next block (of this stream or of another
-        session), whose frames then upload and encode while this block's DiT passes run, and this block
-        decodes while the next one's run. Tickets of one stream must be collected in order. On the CPU
-        everything runs before this returns. Arguments as in :meth:`process_block`.
+        On CUDA, the encoder and the decoder have streams of their own. The block's frames upload, encode and
+        get their LIPAR mask on the encoder's stream, so this happens while the previous block (of this stream or
+        of another session) still runs its DiT passes on the current stream, and the block's one host wait (its
+        kept-token count) does not wait for those passes; the DiT passes then queue on the current stream right
+        behind the previous block's, and the decoder runs on its own stream after them. The host returns once
+        the DiT's work is queued, so the caller can submit the next block, and this block decodes while the
+        next one's run. Tickets of one stream must be collected in order. On the CPU everything runs before this
+        returns. Arguments as in :meth:`process_block`.
         """
         self._apply_pending()
         if self.graphs is not None:
@@ -372,34 +374,20 @@ class StreamEditor:
         timer = StageTimer(self.device)
         total = timer.start("total")
         if self.device.type == "cuda":
-            # The encoder has its own stream: this block's frames upload and encode while the previous
-            # block's DiT passes still run on the current stream.
             main = torch.cuda.current_stream(self.device)
             if self._encode_stream is None:
                 self._encode_stream = torch.cuda.Stream(self.device)
             with torch.cuda.stream(self._encode_stream):
-                x_in, lat = self._encode(frames, timer)
+                x_in, lat, keep_grid, mask_host, pending = self._encode_and_mask(frames, mask, timer)
                 encoded = torch.cuda.Event()
                 encoded.record()
             main.wait_event(encoded)
-            x_in.record_stream(main)  # made on the encoder's stream, read on this one
-            lat.record_stream(main)
+            # made on the encoder's stream, read on this one: the allocator must not reuse them before
+            for made in (x_in, lat, keep_grid, pending.padded if pending is not None else None):
+                if made is not None:
+                    made.record_stream(main)
         else:
-            x_in, lat = self._encode(frames, timer)
-        keep_grid: torch.Tensor | None = None
-        pending: PendingKeepSet | None = None
-        mask_host: torch.Tensor | None = None
-        with timer.stage("mask"):
-            if self.lipar.enabled:
-                ext = mask.to(self.device) if mask is not None else None
-                keep_grid = self.masker(
-                    lat,
-                    pixels=x_in if self.lipar.mask_source == "pixel" else None,
-                    external=ext,
-                    force_full=self.block_index == 0,
-                )
-                mask_host = _to_host(keep_grid[0])  # for the stats; read in result()
-                pending = KeepSet.begin(keep_grid, self.lipar.bucket)  # the count travels to the host
+            x_in, lat, keep_grid, mask_host, pending = self._encode_and_mask(frames, mask, timer)
         recovery = self.lipar.recovery
         with timer.stage("dit"):
             # Host work that does not depend on the kept count runs while the device computes the mask.
@@ -468,6 +456,27 @@ class StreamEditor:
         self.block_index += 1
         self.frame_index += n_frames
         return BlockTicket(out, stats, timer, done)
+
+    def _encode_and_mask(
+        self, frames: torch.Tensor, mask: torch.Tensor | None, timer: StageTimer
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, PendingKeepSet | None]:
+        """Encode a block and compute its LIPAR mask on the current stream: (model frames, latents, keep grid
+        [1, F, gh, gw] bool, its host copy for the stats, the kept-token set on its way to the host); the
+        last three are None without LIPAR."""
+        x_in, lat = self._encode(frames, timer)
+        with timer.stage("mask"):
+            if not self.lipar.enabled:
+                return x_in, lat, None, None, None
+            ext = mask.to(self.device) if mask is not None else None
+            keep_grid = self.masker(
+                lat,
+                pixels=x_in if self.lipar.mask_source == "pixel" else None,
+                external=ext,
+                force_full=self.block_index == 0,
+            )
+            mask_host = _to_host(keep_grid[0])  # for the stats; read in result()
+            pending = KeepSet.begin(keep_grid, self.lipar.bucket)  # the count travels to the host
+        return x_in, lat, keep_grid, mask_host, pending
 
     def _encode(self, frames: torch.Tensor, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 frames -> (model frames [1, T, 3, H, W] in [0, 1], latents [1, F, C, h, w]) on the current

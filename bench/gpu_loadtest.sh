@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The served-path measurement on one GPU (issue 13): the real lipar-server on the random-weight 1.3B preset,
+# real aiortc clients from lipar-loadtest (several processes), 30 fps input, 832x480, webcam-like and
+# moving-camera clips (bench/make_clips.py), LIPAR on and off per session. Writes under $OUT.
+#
+# On the device tool, carrying .whl (wheels: diffusers, av, aiortc and its needs, fastapi, uvicorn, pydantic;
+# the list is in bench/NOTES.md) and .clips (python bench/make_clips.py .clips):
+#   PLAN=start  bash bench/gpu_loadtest.sh   install, `pytest -m gpu`, start the server (setsid: it outlives
+#                                            the call and keeps its warm graphs for the next call), wait ready
+#   PLAN=runs RUNS="name:sessions:kind:lipar:seconds ..." bash bench/gpu_loadtest.sh
+#                                            load tests against the running server (kind: webcam | moving;
+#                                            lipar: on | off); then the table
+#   PLAN=stop   bash bench/gpu_loadtest.sh   stop the server (PRESET=... PLAN=start starts another)
+# Each call returns: server.log (tail), runs.tgz (every run's JSON and markdown), table.md, smi.csv.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+PRESET=${PRESET:-self-forcing-1.3b-random}
+PORT=${PORT:-8000}
+URL=http://127.0.0.1:$PORT
+RUNS_DIR=/tmp/loadtest-runs
+mkdir -p "$RUNS_DIR"
+if [ ! -d /tmp/site/aiortc ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD
+LOADTEST=(python3 -m server.loadtest.cli)
+
+ready() { python3 - "$URL" <<'EOF'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1] + "/readyz", timeout=2)
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+case "${PLAN:-runs}" in
+start)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, diffusers, av, aiortc, fastapi; print('torch', torch.__version__, torch.cuda.get_device_name())"
+  # The server first: its warm-up (compilation, graph capture) overlaps the GPU tests.
+  LIPAR_CONFIG=$PRESET LIPAR_DEVICES=cuda:0 LIPAR_SESSIONS_PER_WORKER=${SESSIONS_PER_WORKER:-8} \
+    LIPAR_HOST=127.0.0.1 LIPAR_PORT=$PORT LIPAR_RTC_HOST_ADDRESSES=127.0.0.1 LIPAR_WORKER_START_TIMEOUT_S=500 \
+    LIPAR_IDLE_TIMEOUT_S=30 setsid python3 -m server.main > /tmp/server.log 2>&1 < /dev/null &
+  echo "server pid $! ($PRESET)"
+  if [ "${GPU_TESTS:-1}" = 1 ]; then
+    LIPAR_TEST_CLIPS=.clips/moving timeout "${GPU_TESTS_S:-300}" python3 -m pytest -m gpu tests/gpu -p no:cacheprovider \
+      -q -o addopts="" --timeout=280 2>&1 | tee "$OUT/gpu-tests.txt" | tail -n 15
+  fi
+  for _ in $(seq 1 "${READY_S:-400}"); do ready && break; sleep 1; done
+  ready && echo "server ready" || echo "server NOT ready"
+  grep -E "warm|graphs|ready|Error|error" /tmp/server.log | tail -n 20
+  ;;
+runs)
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
+    > "$OUT/smi.csv" 2>/dev/null &
+  SMI=$!
+  for spec in ${RUNS:?}; do
+    IFS=: read -r name n kind lip secs <<< "$spec"
+    extra=()
+    [ "$lip" = off ] && extra+=(--lipar-json '{"enabled": false}')
+    [ -n "${PROMPT_CHANGE_AT:-}" ] && extra+=(--prompt-change-at "$PROMPT_CHANGE_AT")
+    echo "== $name: $n sessions, $kind clips, LIPAR $lip, $secs s"
+    timeout $((secs + 90)) "${LOADTEST[@]}" "$URL" --clips ".clips/$kind" --sessions "$n" --seconds "$secs" \
+      --fps 30 --out "$RUNS_DIR/$name.json" --label "$name $PRESET $kind LIPAR-$lip" "${extra[@]}" \
+      > "$RUNS_DIR/$name.log" 2>&1
+    echo "rc=$?"; tail -n "$((n + 6))" "$RUNS_DIR/$name.log"
+  done
+  kill "$SMI" 2>/dev/null
+  python3 bench/loadtest_table.py "$RUNS_DIR" --smi "$OUT/smi.csv" --server-log /tmp/server.log \
+    --out "$OUT/table.md" && cat "$OUT/table.md"
+  ;;
+stop)
+  pkill -f "server.main" ; sleep 3; pkill -9 -f "server.main"; echo stopped
+  ;;
+esac
+tail -n 300 /tmp/server.log > "$OUT/server.log" 2>/dev/null
+tar czf "$OUT/runs.tgz" -C "$RUNS_DIR" . 2>/dev/null
+exit 0
