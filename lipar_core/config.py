@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lipar_core.lipar.config import LiparConfig
+
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """A YAML file holding a mapping; ValueError with a one-line reason otherwise."""
@@ -203,7 +205,12 @@ class RuntimeConfig(_Strict):
 
 
 class PresetConfig(_Strict):
-    """A named, complete configuration: model, stream, scheduler, runtime."""
+    """A named, complete configuration: model, stream, scheduler, runtime, LIPAR.
+
+    ``lipar`` is a :class:`~lipar_core.lipar.config.LiparConfig` (unknown knobs and out-of-range values fail
+    here, naming the field, e.g. ``lipar.tau``); it also reads like a mapping, so
+    ``LiparConfig.model_validate({**cfg.lipar, **overrides})`` merges overrides.
+    """
 
     name: str
     description: str = ""
@@ -211,7 +218,9 @@ class PresetConfig(_Strict):
     stream: StreamConfig = StreamConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
-    lipar: dict[str, Any] = Field(default_factory=dict, description="LIPAR settings (see lipar_core.lipar)")
+    lipar: LiparConfig = Field(
+        default_factory=LiparConfig, description="LIPAR settings (lipar_core.lipar.config)"
+    )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PresetConfig:

@@ -1,4 +1,10 @@
-"""Video file input and output through PyAV, one frame at a time (nothing holds a whole clip in memory)."""
+"""Video file input and output through PyAV, one frame at a time (nothing holds a whole clip in memory).
+
+Geometry: nothing here distorts a picture. Frames of another aspect ratio than the model's are centre-cropped
+to its aspect (:func:`centre_crop_box`) before they are resized; frames stored with non-square pixels (a sample
+aspect ratio other than 1, e.g. CIF 176x144 at 128:117) can be read at their display shape
+(``read_frames(..., square_pixels=True)``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -16,19 +23,39 @@ import numpy as np
 import torch
 
 
-def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Centre-crop float frames [..., C, H, W] to the target aspect ratio, then resize (bilinear, antialiased)
-    to [..., C, height, width]. Frames already at the target size are returned as they are."""
-    h, w = frames.shape[-2:]
-    if (h, w) == (height, width):
-        return frames
+def centre_crop_box(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The largest centred region of an h x w frame with the aspect ratio of width x height (pixels).
+
+    Returns:
+        (top, left, crop height, crop width) in pixels of the h x w frame; the whole frame when the aspects agree.
+    """
     target = width / height
     if w / h > target:
         cw = round(h * target)
-        frames = frames[..., (w - cw) // 2 : (w - cw) // 2 + cw]
-    elif w / h < target:
+        return 0, (w - cw) // 2, h, cw
+    if w / h < target:
         ch = round(w / target)
-        frames = frames[..., (h - ch) // 2 : (h - ch) // 2 + ch, :]
+        return (h - ch) // 2, 0, ch, w
+    return 0, 0, h, w
+
+
+def crop_size_at_input_scale(h: int, w: int, height: int, width: int) -> tuple[int, int]:
+    """(height, width) in pixels of the part of an h x w frame a height x width model sees
+    (:func:`centre_crop_box`), rounded down to even numbers (yuv420p video): the size at which that part is
+    shown at the input's own resolution. The input's size when the aspects agree (up to that rounding)."""
+    _, _, ch, cw = centre_crop_box(h, w, height, width)
+    return max(2, ch - ch % 2), max(2, cw - cw % 2)
+
+
+def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre-crop float frames [..., C, H, W] to the target aspect ratio (:func:`centre_crop_box`), then resize
+    (bilinear, antialiased) to [..., C, height, width]: never a change of aspect ratio (beyond the rounding of
+    the crop to whole pixels). Frames already at the target size are returned as they are."""
+    h, w = frames.shape[-2:]
+    if (h, w) == (height, width):
+        return frames
+    top, left, ch, cw = centre_crop_box(h, w, height, width)
+    frames = frames[..., top : top + ch, left : left + cw]
     lead = frames.shape[:-3]
     flat = frames.reshape(-1, *frames.shape[-3:])
     out = torch.nn.functional.interpolate(
@@ -51,8 +78,41 @@ class VideoOutputError(OSError):
     """The output cannot be written."""
 
 
-def probe_video(path: str | Path) -> tuple[int | None, Fraction]:
-    """(frame count if the container knows it, frame rate) of a video file.
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` learns about a file.
+
+    Attributes:
+        frames: frame count if the container knows it, else None.
+        rate: frames per second.
+        width, height: the frame size in pixels as stored.
+        sample_aspect: the width of a stored pixel over its height (1 = square pixels).
+    """
+
+    frames: int | None
+    rate: Fraction
+    width: int
+    height: int
+    sample_aspect: Fraction = Fraction(1)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of the frames with square pixels, as :func:`read_frames` with ``square_pixels``
+        returns them (the stored width scaled by the sample aspect ratio)."""
+        return _square_width(self.width, self.sample_aspect), self.height
+
+
+def _square_width(width: int, sample_aspect: Fraction) -> int:
+    return max(1, round(width * sample_aspect))
+
+
+def _sample_aspect(stream: av.VideoStream) -> Fraction:
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return Fraction(sar) if sar else Fraction(1)  # 0/1 or None: unknown, taken as square
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame count (if the container knows it), frame rate, size and pixel aspect of a video file.
 
     Raises:
         VideoInputError: with a one-line reason.
@@ -70,16 +130,21 @@ def probe_video(path: str | Path) -> tuple[int | None, Fraction]:
                 raise VideoInputError(f"input {p} has no video stream")
             s = c.streams.video[0]
             rate = s.average_rate or s.guessed_rate or Fraction(30, 1)
-            return (s.frames or None), Fraction(rate)
+            return VideoInfo((s.frames or None), Fraction(rate), s.width, s.height, _sample_aspect(s))
     except VideoInputError:
         raise
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise VideoInputError(f"input {p} is not a readable video: {e}") from None
 
 
-def read_frames(path: str | Path) -> Iterator[np.ndarray]:
+def read_frames(path: str | Path, square_pixels: bool = False) -> Iterator[np.ndarray]:
     """Decode RGB frames, each uint8 [H, W, 3].
 
+    Args:
+        path: the video file.
+        square_pixels: for a stream with non-square pixels (sample aspect ratio s != 1), resize each frame's
+            width by s (bicubic), so that shapes in the frame have their displayed proportions; otherwise the
+            frames are returned as stored.
     Raises:
         VideoInputError: the file is not a decodable video.
     """
@@ -87,8 +152,13 @@ def read_frames(path: str | Path) -> Iterator[np.ndarray]:
         with av.open(str(path)) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
+            sar = _sample_aspect(stream) if square_pixels else Fraction(1)
             for frame in c.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                if sar != 1:
+                    w = _square_width(frame.width, sar)
+                    yield frame.reformat(w, frame.height, "rgb24", interpolation="BICUBIC").to_ndarray()
+                else:
+                    yield frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, OSError) as e:
         raise VideoInputError(f"input {path} could not be decoded: {e}") from None
 

@@ -21,9 +21,15 @@ several nodes in one process) never collide. Exposed at ``GET /metrics``.
 | ``lipar_sessions_rejected_total`` | counter | creations refused with 503 (no capacity) |
 | ``lipar_worker_restarts_total{device}`` | counter | worker processes restarted after a crash |
 | ``lipar_workers_up`` | gauge | worker processes with a loaded model |
+| ``lipar_worker_settled_rss_bytes{worker}`` | gauge | a worker's resident size between blocks, after a heap trim |
+| ``lipar_worker_busy_ratio{worker}`` | gauge | fraction of wall time (over about the last second) a worker was not idle-waiting |
+| ``lipar_event_loop_lag_seconds`` | histogram | how late a 100 ms sleep on the server's event loop wakes up (the loop is the bottleneck when this grows) |
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -32,6 +38,7 @@ _INTERVAL_BUCKETS = (0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5
 _TTFF_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
 _STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -95,6 +102,18 @@ class Metrics:
             ["worker"],
             registry=r,
         )
+        self.worker_busy = Gauge(
+            "lipar_worker_busy_ratio",
+            "Fraction of wall time a worker was not idle-waiting for work (about the last second)",
+            ["worker"],
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "lipar_event_loop_lag_seconds",
+            "How late a 100 ms sleep on the server event loop wakes up",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         for where in ("inbound", "outbound"):
             self.frames_dropped.labels(where=where)
             self.queue_frames.labels(queue=where)
@@ -102,3 +121,42 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class LoopLagProbe:
+    """Measures the event loop's lag: sleeps ``interval_s`` in a loop and observes how late it wakes up.
+
+    Runs as a task on the server's event loop. A loop busy with callbacks (colour conversion, copies, RTP) wakes
+    the probe late, so the histogram shows when the loop, not the model, is the bottleneck.
+
+    Args:
+        histogram: where each lag is observed (seconds), e.g. :attr:`Metrics.event_loop_lag`.
+        interval_s: the probe's sleep, s.
+    """
+
+    def __init__(self, histogram: Histogram, interval_s: float = 0.1) -> None:
+        self.histogram, self.interval_s = histogram, interval_s
+        self.last_s: float | None = None  # the most recent lag, s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start probing on the running loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-loop-lag")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.interval_s)  # the measurement itself: how late this wakes up
+            lag = max(0.0, loop.time() - t0 - self.interval_s)
+            self.last_s = lag
+            self.histogram.observe(lag)
+
+    async def stop(self) -> None:
+        """Stop probing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

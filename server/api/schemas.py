@@ -6,9 +6,11 @@ in [0, 64]. The prompt length limit is a setting (``LIPAR_MAX_PROMPT_CHARS``) ch
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from lipar_core.lipar.config import LiparConfig, MaskSource
 
 SessionState = Literal["created", "connecting", "streaming", "closed", "failed"]
 TERMINAL_STATES: frozenset[str] = frozenset({"closed", "failed"})
@@ -28,23 +30,47 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LiparSettings(_In):
-    """Per-session overrides of the preset's LIPAR settings (``lipar_core.lipar.config.LiparConfig``, where the
-    ranges are documented). Unset fields keep the preset's value."""
-
-    enabled: bool | None = Field(default=None, description="prune unchanged tokens (false: recompute all)")
-    tau: Annotated[float, Field(ge=0.0, le=10.0)] | None = Field(default=None, description="latent threshold")
-    tau2: Annotated[float, Field(ge=0.0, le=10.0)] | None = Field(default=None, description="drift threshold")
-    tau_pixel: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
-        default=None, description="pixel threshold"
-    )
-    min_keep_ratio: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    mask_source: Literal["latent", "pixel"] | None = None
-    recovery: Literal["none", "m_degree", "full"] | None = None
+class _LiparOverrides(_In):
+    """Per-session overrides of the preset's LIPAR settings. Unset fields keep the preset's value."""
 
     def overrides(self) -> dict[str, Any]:
         """The fields that were given."""
         return self.model_dump(exclude_none=True)
+
+
+#: The LIPAR knobs a session may override. The others (``m``, ``bucket``, ``dilation``) shape the worker's caches
+#: and CUDA graphs; ``mask_source`` cannot be ``external`` (a WebRTC session has no mask track).
+SESSION_LIPAR_KNOBS = (
+    "enabled",
+    "tau",
+    "tau2",
+    "tau_pixel",
+    "floor",
+    "floor_pixel",
+    "min_keep_ratio",
+    "mask_source",
+    "recovery",
+)
+SESSION_MASK_SOURCES = tuple(s for s in get_args(MaskSource) if s != "external")
+
+
+def _lipar_overrides_model() -> type[_LiparOverrides]:
+    """The overrides model, derived from :class:`lipar_core.lipar.config.LiparConfig`: each knob's type, bounds
+    and description, made optional (no second copy of the bounds)."""
+    fields: dict[str, Any] = {}
+    for name in SESSION_LIPAR_KNOBS:
+        f = LiparConfig.model_fields[name]
+        kind: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        if name == "mask_source":
+            kind = Literal[SESSION_MASK_SOURCES]
+        fields[name] = (kind | None, Field(default=None, description=f.description))
+    return create_model("LiparSettings", __base__=_LiparOverrides, __doc__=_LiparOverrides.__doc__, **fields)
+
+
+if TYPE_CHECKING:
+    LiparSettings = _LiparOverrides
+else:
+    LiparSettings = _lipar_overrides_model()
 
 
 class SessionCreate(_In):
@@ -117,7 +143,8 @@ class SessionStats(BaseModel):
     """Live statistics of a session (owner node, refreshed about twice a second).
 
     ``latency_ms`` is capture-to-send on the server: from an input frame decoded to its edited frame handed to
-    the encoder. ``stage_ms`` are the last block's model timings (encode, mask, dit, decode, total).
+    the encoder. ``fps_out`` counts edited frames handed to the encoder per second (over the last 3 s).
+    ``stage_ms`` are the last block's model timings (encode, mask, dit, decode, total).
     """
 
     fps_in: float = 0.0
@@ -134,6 +161,12 @@ class SessionStats(BaseModel):
     active_prompt: str | None = Field(default=None, description="prompt of the last block sent")
     prompt_applied_at_block: int | None = Field(
         default=None, description="blocks_out when the last prompt change took effect"
+    )
+    prompt_applied_pts: int | None = Field(
+        default=None,
+        description="pts of the first input frame of the first block made with the newest applied prompt "
+        "change, as received by the server (rebased RTP timestamp, 90 kHz units); null until a prompt change "
+        "has been applied. Output frames with this pts or later show the new prompt",
     )
     mask: BlockMask | None = Field(default=None, description="tokens LIPAR recomputed in the last block")
     state: SessionState = "created"

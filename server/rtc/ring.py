@@ -17,10 +17,11 @@ class InFrame:
     """One decoded input frame.
 
     Attributes:
-        rgb: uint8 ``[H, W, 3]`` at the model's resolution.
+        rgb: uint8 ``[H, W, 3]`` at the model's resolution (may be a view with strides, e.g. a crop).
         pts: presentation timestamp of the input frame, in ``time_base`` units (from RTP).
         time_base: seconds per ``pts`` unit.
-        arrived: ``time.monotonic()`` when the frame was decoded on the server (latency origin), seconds.
+        arrived: ``time.monotonic()`` when the decoded frame reached the event loop, before its colour
+            conversion (the latency origin), seconds.
     """
 
     rgb: np.ndarray

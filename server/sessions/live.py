@@ -1,10 +1,16 @@
-"""The media and compute of one session owned by this node. Server process, event loop only.
+"""The media and compute of one session owned by this node. Server process, event loop thread only.
 
-Frames flow: remote track → :class:`~server.rtc.inbound.InboundReader` → :class:`~server.rtc.ring.FrameRing`
-(drop-oldest) → a block is handed to the worker as soon as the ring holds one and the session has fewer than
-``MAX_INFLIGHT_PER_SESSION`` blocks inside the worker → edited frames come back (:meth:`LiveSession.on_block`)
-→ :class:`~server.rtc.outbound.EditedVideoTrack` (paced). Every output frame keeps its input frame's
-timestamp, so the client can pair them.
+Frames flow: remote track → :class:`~server.rtc.inbound.InboundReader` (colour conversion in the shared
+converter threads, delivered here in order) → :class:`~server.rtc.ring.FrameRing` (drop-oldest) → a block is
+handed to the worker as soon as the ring holds one and the session has fewer than ``MAX_INFLIGHT_PER_SESSION``
+blocks inside the worker (the pool copies the ring's frames straight into shared memory) → edited frames come
+back (:meth:`LiveSession.on_block`, copied out of shared memory by the pool's reader thread) →
+:class:`~server.rtc.outbound.EditedVideoTrack` (adaptive playout delay). Every output frame keeps its input
+frame's timestamp, so the client can pair them.
+
+Stats: ``frames_out`` / ``fps_out`` count frames handed to the encoder (the track's ``on_sent``);
+``prompt_applied_pts`` is the pts (as received: rebased RTP timestamp, ``time_base`` units, 90 kHz for video) of
+the first input frame of the first block made after the newest applied prompt change.
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ class LiveSession:
         self.prompts: dict[int, str] = {0: prompt}
         self.active_prompt: str | None = None
         self.prompt_applied_at_block: int | None = None
+        self.prompt_applied_pts: int | None = None
+        self._applied_prompt_control = 0  # control id of the prompt change of the last block out
         self.closed = False
 
     def _new_track(self) -> EditedVideoTrack:
@@ -122,9 +130,18 @@ class LiveSession:
         if self.reader is not None:
             return
         self.reader = InboundReader(
-            track, self.geometry.height, self.geometry.width, self.on_frame, self._on_ended
+            track,
+            self.geometry.height,
+            self.geometry.width,
+            self.on_frame,
+            self._on_ended,
+            on_dropped=self._on_in_dropped,
         )
         self.reader.start()
+
+    def _on_in_dropped(self, n: int) -> None:
+        self.dropped_in += n
+        self.metrics.frames_dropped.labels(where="inbound").inc(n)
 
     def _on_pc_state(self, state: str) -> None:
         log.info("session %s: connection %s", self.id, state)
@@ -166,8 +183,7 @@ class LiveSession:
                 return
             block = self.ring.pop_block(t)
             assert block is not None
-            frames = np.stack([f.rgb for f in block])
-            if not self.pool.submit(self.id, self.seq, frames):
+            if not self.pool.submit(self.id, self.seq, [f.rgb for f in block]):
                 self.dropped_in += len(block)
                 self.metrics.frames_dropped.labels(where="inbound").inc(len(block))
                 return
@@ -190,18 +206,20 @@ class LiveSession:
         for stage, ms in msg.ms.items():
             self.metrics.stage.labels(stage=stage).observe(ms / 1000.0)
         self.metrics.prune_ratio.observe(msg.prune_ratio)
-        prompt = self._prompt_for(msg.control_id)
-        if prompt != self.active_prompt:
-            if self.active_prompt is not None:
-                self.prompt_applied_at_block = self.blocks_out
-            self.active_prompt = prompt
+        prompt_control, prompt = self._prompt_for(msg.control_id)
+        if prompt_control != self._applied_prompt_control:  # the first block made after a prompt change
+            self._applied_prompt_control = prompt_control
+            self.prompt_applied_at_block = self.blocks_out
+            self.prompt_applied_pts = block[0].pts
+        self.active_prompt = prompt
         self._pump()
 
-    def _prompt_for(self, control_id: int) -> str:
+    def _prompt_for(self, control_id: int) -> tuple[int, str]:
+        """The newest prompt applied by control ``control_id``: (the control id that set it, the prompt)."""
         ids = [i for i in self.prompts if i <= control_id]
         for old in [i for i in self.prompts if i < max(ids)]:
             del self.prompts[old]  # keep the dict small: older prompts can no longer apply
-        return self.prompts[max(ids)]
+        return max(ids), self.prompts[max(ids)]
 
     def _on_sent(self, f: OutFrame, now: float) -> None:
         self.frames_out += 1
@@ -251,6 +269,7 @@ class LiveSession:
             "queue_out": self.out.queued,
             "active_prompt": self.active_prompt,
             "prompt_applied_at_block": self.prompt_applied_at_block,
+            "prompt_applied_pts": self.prompt_applied_pts,
             "state": self.state,
         }
 

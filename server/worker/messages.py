@@ -145,6 +145,20 @@ class WorkerMemory:
 
 
 @dataclass(frozen=True)
+class WorkerLoad:
+    """How busy the worker was since its previous report (sent about once a second, between blocks).
+
+    ``busy_ratio``: the fraction of the ``interval_s`` seconds of wall time the worker was NOT idle-waiting for
+    messages (0..1): blocks, controls, copies and their overheads all count as busy. ``blocks``: blocks it
+    finished in that interval (delivered or failed).
+    """
+
+    busy_ratio: float
+    blocks: int
+    interval_s: float
+
+
+@dataclass(frozen=True)
 class WorkerFailed:
     """The worker could not start (e.g. the model failed to load); it exits non-zero after sending this."""
 
@@ -152,7 +166,7 @@ class WorkerFailed:
 
 
 ToWorker = AttachSlab | OpenSession | CloseSession | SetPrompt | SetParams | SubmitBlock | Stop
-FromWorker = WorkerReady | BlockDone | SessionError | SlotsFreed | WorkerMemory | WorkerFailed
+FromWorker = WorkerReady | BlockDone | SessionError | SlotsFreed | WorkerMemory | WorkerLoad | WorkerFailed
 
 
 def describe(msg: Any) -> str:

@@ -9,6 +9,11 @@ On a GPU the worker overlaps one block's decoding with the next block's work: it
 (``StreamEditor.submit_block``: encode, mask and DiT queued, the decoder on its own CUDA stream) before it
 collects the previous one's frames, whenever another block is waiting; with nothing waiting it collects at
 once, so a lone real-time session gets no extra latency. Blocks of one session are collected in order.
+
+Load: the loop measures the wall time it spends idle-waiting for messages (the blocking ``get`` when no block
+is waiting) and counts finished blocks; about once a second, between blocks, it reports the busy fraction of the
+interval and the block count (:class:`~server.worker.messages.WorkerLoad`). Only the main thread of the worker
+touches these counters, so the hot path gains two clock reads per idle wait and nothing else.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import multiprocessing as mp
 import os
 import queue
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -33,6 +39,43 @@ log = logging.getLogger("server.worker")
 
 _IDLE_WAIT_S = 0.5
 _HEAP_TRIM_INTERVAL_S = 1.0  # see server.worker.memory
+_LOAD_REPORT_INTERVAL_S = 1.0
+
+
+class LoadMeter:
+    """Busy fraction and finished blocks of the worker loop per report interval. Worker main thread only.
+
+    Args:
+        interval_s: shortest time between two reports, s.
+        clock: monotonic clock, s (injectable for tests).
+    """
+
+    def __init__(
+        self, interval_s: float = _LOAD_REPORT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s, self._clock = interval_s, clock
+        self._t0 = clock()
+        self.idle_s = 0.0
+        self.blocks = 0
+
+    def now(self) -> float:
+        """The meter's clock, s."""
+        return self._clock()
+
+    def add_idle(self, seconds: float) -> None:
+        """The loop spent ``seconds`` waiting for a message with nothing to do."""
+        self.idle_s += seconds
+
+    def report(self) -> m.WorkerLoad | None:
+        """A report once ``interval_s`` has passed since the previous one (then the counters restart)."""
+        now = self._clock()
+        dt = now - self._t0
+        if dt < self.interval_s:
+            return None
+        busy = min(1.0, max(0.0, 1.0 - self.idle_s / dt))
+        msg = m.WorkerLoad(busy_ratio=busy, blocks=self.blocks, interval_s=dt)
+        self._t0, self.idle_s, self.blocks = now, 0.0, 0
+        return msg
 
 
 class _Session:
@@ -68,11 +111,13 @@ class WorkerLoop:
         # Only a GPU decodes on a stream of its own; on a CPU submit_block does everything before returning.
         self.overlap = torch.device(device).type == "cuda"
         self.inflight: _InFlight | None = None
+        self.load = LoadMeter()
 
     def run(self) -> None:
         """Serve until a :class:`~server.worker.messages.Stop` arrives or the queue breaks."""
         f = self.factory
         self.results.put(m.WorkerReady(os.getpid(), f.frames_per_block, f.height, f.width))
+        self.load = LoadMeter()  # the model load is not part of the first interval
         while self.running:
             busy = any(s.pending for s in self.sessions.values())
             if not busy:
@@ -81,6 +126,7 @@ class WorkerLoop:
             if self.running:
                 self._run_one_block()
                 self._settle_memory()
+                self._report_load()
         self._collect()
         if self.slab is not None:
             self.slab.close()
@@ -92,15 +138,26 @@ class WorkerLoop:
             if rss is not None:
                 self.results.put(m.WorkerMemory(rss))
 
+    def _report_load(self) -> None:
+        """Between blocks, about once a second: the busy fraction and blocks since the last report."""
+        msg = self.load.report()
+        if msg is not None:
+            self.results.put(msg)
+
     def _drain(self, block: bool) -> None:
+        t0 = self.load.now() if block else 0.0
         try:
             msg = self.ctrl.get(timeout=_IDLE_WAIT_S) if block else self.ctrl.get_nowait()
         except queue.Empty:
+            if block:
+                self.load.add_idle(self.load.now() - t0)
             if self.parent is not None and not self.parent.is_alive():
                 # the server process died without stopping us (e.g. SIGKILL): do not linger as an orphan
                 log.warning("the server process is gone; worker exiting")
                 self.running = False
             return
+        if block:
+            self.load.add_idle(self.load.now() - t0)
         self._handle(msg)
         for _ in range(10_000):  # bounded: whatever is queued now
             try:
@@ -215,6 +272,7 @@ class WorkerLoop:
 
     def _fail(self, sid: str, s: _Session, blk: m.SubmitBlock, e: Exception) -> None:
         """A block failed: end its session (fatal error to the server), free its slots; the worker lives on."""
+        self.load.blocks += 1
         log.error("block %d of session %s failed", blk.seq, sid, exc_info=e)
         if self.sessions.get(sid) is s:
             self.sessions.pop(sid)
@@ -235,6 +293,7 @@ class WorkerLoop:
         control_id: int,
     ) -> None:
         assert self.slab is not None
+        self.load.blocks += 1
         if self.sessions.get(sid) is not s:  # closed while its block was in flight: just free the slot
             self.results.put(m.SlotsFreed(sid, (blk.slot,)))
             return

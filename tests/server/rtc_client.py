@@ -3,7 +3,7 @@ edited video, and records per-frame send and receive times.
 
 Frame identity: the server gives every edited frame the RTP timestamp of the input frame it was made from, and
 the client sends frame ``k`` with ``pts = k * PTS_STEP`` (90 kHz clock). aiortc's receivers rebase RTP
-timestamps to the first one seen, so the k of a received frame is ``pts // PTS_STEP`` (+ the index of the first
+timestamps to the first one seen, so the k of a received frame is ``pts / PTS_STEP`` rounded (a decoder may shift a timestamp by a unit) (+ the index of the first
 frame the server used, which is 0 unless the very first frames were lost). The barcode in the top-left corner
 carries the same index in the pixels of the INPUT; the tiny preset's random weights do not preserve it in the
 output, so the timestamps carry identity there.
@@ -23,6 +23,8 @@ import httpx
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from server.loadtest.report import frame_index
 
 CLOCK = 90_000
 BITS = 12
@@ -149,7 +151,7 @@ class ClientPeer:
             while True:
                 frame = await remote.recv()
                 rgb = frame.to_ndarray(format="rgb24")
-                idx = int(frame.pts) // self.track.step
+                idx = frame_index(int(frame.pts), self.track.step)
                 self.received.append(
                     Received(idx, time.monotonic(), float(rgb.mean()), rgb if self.keep_pixels else None)
                 )

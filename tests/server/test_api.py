@@ -54,8 +54,16 @@ async def test_probes_and_metrics(api: httpx.AsyncClient) -> None:
     r = await api.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"]["store"]["ok"] is True
     assert r.json()["checks"]["workers"][0]["ready"] is True
+    # each worker reports its load about once a second: busy (0..1) and blocks per second in /readyz
+    deadline = time.monotonic() + 30
+    while (w := (await api.get("/readyz")).json()["checks"]["workers"][0])["busy"] is None:
+        assert time.monotonic() < deadline, w
+        await asyncio.sleep(0.1)
+    assert 0.0 <= w["busy"] <= 1.0 and w["blocks_per_s"] >= 0.0, w
     text = (await api.get("/metrics")).text
     for name in (
+        "lipar_event_loop_lag_seconds_bucket",
+        'lipar_worker_busy_ratio{worker="0"}',
         "lipar_time_to_first_frame_seconds",
         "lipar_frame_interval_seconds",
         "lipar_glass_to_glass_latency_seconds",
@@ -122,12 +130,33 @@ async def test_session_crud(api: httpx.AsyncClient) -> None:
         ({"prompt": "x", "lipar": {"tau": -1}}, "tau"),
         ({"prompt": "x", "lipar": {"recovery": "magic"}}, "recovery"),
         ({"prompt": "x", "lipar": {"bucket": 7}}, "bucket"),
+        ({"prompt": "x", "lipar": {"floor_pixel": 1.5}}, "floor_pixel"),  # LiparConfig's bound, derived
+        ({"prompt": "x", "lipar": {"mask_source": "external"}}, "mask_source"),
     ],
 )
 async def test_invalid_create(api: httpx.AsyncClient, body: dict, field: str) -> None:
     r = await api.post("/v1/sessions", json=body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "invalid" and field in r.json()["error"]["message"]
+
+
+def test_lipar_overrides_are_derived_from_lipar_config() -> None:
+    """Every LIPAR knob a session may override has LiparConfig's bounds and description (one source)."""
+    from lipar_core.lipar.config import LiparConfig
+    from server.api.schemas import SESSION_LIPAR_KNOBS, LiparSettings
+
+    def bounds(prop: dict) -> list[dict]:
+        alts = [
+            {k: v for k, v in a.items() if k in ("minimum", "maximum")} for a in prop.get("anyOf", [prop])
+        ]
+        return [a for a in alts if a]
+
+    api = LiparSettings.model_json_schema()["properties"]
+    lib = LiparConfig.model_json_schema()["properties"]
+    assert set(api) == set(SESSION_LIPAR_KNOBS)
+    for name in SESSION_LIPAR_KNOBS:
+        assert bounds(api[name]) == bounds(lib[name]), name
+        assert api[name]["description"] == lib[name]["description"] and api[name]["default"] is None
 
 
 async def test_invalid_patch_and_unknown(api: httpx.AsyncClient) -> None:

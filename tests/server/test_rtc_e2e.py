@@ -72,12 +72,27 @@ async def _wait_stats(http: httpx.AsyncClient, sid: str, cond, timeout: float) -
     raise AssertionError(f"session {sid} never met the condition: {r}")
 
 
+async def _worker_load(http: httpx.AsyncClient, cond, timeout: float) -> dict:
+    """Worker 0 of /readyz once its load report meets ``cond`` (reports come about once a second)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.1) + 1):
+        w = dict((await http.get("/readyz")).json()["checks"]["workers"][0])
+        if w["busy"] is not None and cond(w):
+            return w
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"worker load never met the condition: {w}")
+
+
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 async def test_webrtc_edits_a_clip_in_order(start_server, clip, codec: str) -> None:
     """A real peer sends a real clip (barcoded, 10 fps); the edited frames come back in order, each paired with
     its input frame by timestamp, with bounded latency, and the session's live stats count them."""
     srv: ServerProcess = start_server(LIPAR_VIDEO_CODEC=codec)
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
+        idle = await _worker_load(http, lambda w: w["blocks_per_s"] == 0, 30)
+        assert 0.0 <= idle["busy"] < 0.5, idle
         s = await _session(http, "a watercolor painting")
         peer = await ClientPeer.connect(http, s, clip, fps=FPS, n_frames=150)
         try:
@@ -99,7 +114,11 @@ async def test_webrtc_edits_a_clip_in_order(start_server, clip, codec: str) -> N
             assert st["frames_in"] >= 36 and st["blocks_out"] >= 3
             assert st["latency_ms"]["p50"] is not None and st["stage_ms"]["total"] > 0
             assert st["fps_in"] > 5 and st["active_prompt"] == "a watercolor painting"
-            print(f"client glass-to-glass p50 {p50:.0f} ms max {max(lat):.0f} ms; server stats {st}")
+            assert st["prompt_applied_pts"] is None  # no prompt change yet
+            # the worker's busy ratio grows while the session streams (the model is the work)
+            busy = await _worker_load(http, lambda w: w["blocks_per_s"] > 0 and w["busy"] > idle["busy"], 60)
+            assert 0.0 <= busy["busy"] <= 1.0, busy
+            print(f"client glass-to-glass p50 {p50:.0f} ms max {max(lat):.0f} ms; server stats {st}; {busy}")
         finally:
             await peer.close()
         r = await http.delete(f"/v1/sessions/{s['id']}")
@@ -126,7 +145,9 @@ async def test_two_sessions_patch_and_bad_input(start_server, clip) -> None:
                 {"prompt": "a bronze statue", "transition": "cut"},
                 {"prompt": "a pencil sketch", "transition": "smooth", "blend_blocks": 2},
             ):
-                before = (await http.get(f"/v1/sessions/{a['id']}")).json()["stats"]["blocks_out"]
+                stats = (await http.get(f"/v1/sessions/{a['id']}")).json()["stats"]
+                before, pts_before = stats["blocks_out"], stats["prompt_applied_pts"]
+                seen_pts = max(x.index for x in pa.received) * pa.track.step  # frames received so far
                 r = await http.patch(f"/v1/sessions/{a['id']}", json=body)
                 assert r.status_code == 200, r.text
                 assert r.json()["prompt"] == body["prompt"] and r.json()["transition"] == body["transition"]
@@ -135,6 +156,12 @@ async def test_two_sessions_patch_and_bad_input(start_server, clip) -> None:
                 )
                 applied = info["stats"]["prompt_applied_at_block"]
                 assert before < applied <= before + 2, (before, applied)
+                # the input pts where the new prompt starts: after every frame received before the PATCH
+                pts = info["stats"]["prompt_applied_pts"]
+                assert pts is not None and pts >= seen_pts and pts % pa.track.step == 0, (seen_pts, pts)
+                # null until a prompt change has been applied (the first PATCH here is the cut)
+                assert (pts_before is None) == (body["transition"] == "cut"), pts_before
+                assert pts_before is None or pts > pts_before, (pts_before, pts)
             assert (await http.get(f"/v1/sessions/{b['id']}")).json()["stats"]["active_prompt"] == (
                 "a knight in shining armour"
             )

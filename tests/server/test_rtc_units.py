@@ -19,6 +19,7 @@ from server.rtc.inbound import to_model_rgb
 from server.rtc.outbound import EditedVideoTrack, OutFrame
 from server.rtc.peer import BadOffer, SessionPeer
 from server.rtc.ring import FrameRing, InFrame
+from tests.server.pacing_sim import FakeClock
 from tests.server.rtc_client import ClipTrack, load_clip
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,14 +66,22 @@ async def test_outbound_track_paces_at_input_rate_and_keeps_timestamps() -> None
         await asyncio.wait_for(track.recv(), 1)
 
 
-async def test_outbound_track_skips_a_backlog() -> None:
-    """Pacing at the input rate cannot drain a backlog: frames beyond max_backlog are skipped (counted)."""
+async def test_outbound_track_skips_frames_due_long_ago() -> None:
+    """A sender that stalls cannot catch up by sending faster: frames due more than max_backlog frame intervals
+    ago when it asks again are skipped (counted); the rest go out from the freshest one kept."""
+    clock = FakeClock(10.0)
     drops: list[int] = []
-    track = EditedVideoTrack(36, lambda f, now: None, max_backlog=18, on_dropped=drops.append)
-    now = time.monotonic()
-    track.put([OutFrame(np.zeros((16, 16, 3), np.uint8), k * 9000, 1 / 90000, now) for k in range(30)])
+    track = EditedVideoTrack(
+        36, lambda f, now: None, max_backlog=6, on_dropped=drops.append, clock=clock.now, sleep=clock.sleep
+    )
+    # 12 frames at 10 fps captured 8.8 .. 9.9 s, arriving at 10.0 s: due from 10.01 s on, 0.1 s apart
+    track.put(
+        [OutFrame(np.zeros((16, 16, 3), np.uint8), k * 9000, 1 / 90000, 8.8 + 0.1 * k) for k in range(12)]
+    )
+    clock.t = 11.0  # the sender stalls for a second
     first = await track.recv()
-    assert first.pts == 12 * 9000 and sum(drops) == 12 and track.queued == 17
+    # frames 0..3 are more than 6 intervals (0.6 s) overdue at 11.0 s
+    assert first.pts == 4 * 9000 and sum(drops) == 4 and track.queued == 7
 
 
 @pytest.fixture

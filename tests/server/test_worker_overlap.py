@@ -16,7 +16,7 @@ import torch
 
 from server.worker import messages as m
 from server.worker.ipc import FrameSlab
-from server.worker.process import WorkerLoop
+from server.worker.process import LoadMeter, WorkerLoop
 
 H = W = 16
 FPB = 4
@@ -100,7 +100,7 @@ def _results(results: queue.Queue[Any]) -> list[Any]:
     out = []
     while not results.empty():
         out.append(results.get_nowait())
-    return [r for r in out if not isinstance(r, (m.WorkerReady, m.WorkerMemory))]
+    return [r for r in out if not isinstance(r, (m.WorkerReady, m.WorkerMemory, m.WorkerLoad))]
 
 
 def _two_sessions(loop: Any, x: tuple[str, str], y: tuple[str, str]) -> None:
@@ -186,3 +186,56 @@ def test_session_closed_while_its_block_is_in_flight_frees_the_slot(loop: Any) -
     out = _results(results)
     assert len(out) == 1 and isinstance(out[0], m.SlotsFreed) and out[0].slots == (3,)
     assert np.asarray(slab.slot(3)).max() == 1  # nothing was written into the freed slot
+
+
+def test_load_meter_reports_busy_fraction_per_interval() -> None:
+    """busy = 1 - idle wait / wall time of the interval; blocks per interval; nothing before the interval."""
+    t = [100.0]
+    meter = LoadMeter(1.0, clock=lambda: t[0])
+    t[0] = 100.5
+    meter.add_idle(0.2)
+    assert meter.report() is None  # half an interval
+    meter.blocks += 3
+    t[0] = 101.25
+    meter.add_idle(0.1)
+    r = meter.report()
+    assert r is not None and r.blocks == 3 and r.interval_s == pytest.approx(1.25)
+    assert r.busy_ratio == pytest.approx(1 - 0.3 / 1.25)
+    t[0] = 102.5
+    meter.add_idle(1.25)  # idle all along
+    r = meter.report()
+    assert r is not None and r.busy_ratio == 0.0 and r.blocks == 0
+
+
+class _StopsAfterIdle(queue.Queue):  # type: ignore[type-arg]
+    """A control queue whose blocking wait takes ``idle_s`` of the worker's (fake) clock, then stops it."""
+
+    def __init__(self, clock: list[float], idle_s: float) -> None:
+        super().__init__()
+        self.clock, self.idle_s = clock, idle_s
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if block and self.empty():
+            self.clock[0] += self.idle_s
+            return m.Stop()
+        return super().get(block, timeout)
+
+
+def test_worker_loop_counts_idle_waits_and_blocks(loop: Any) -> None:
+    """The loop's blocking wait for messages is its idle time; every block delivered counts."""
+    w, slab, _, results = loop
+    t = [0.0]
+    w.ctrl = _StopsAfterIdle(t, idle_s=3.0)
+    w.ctrl.put(m.OpenSession("a", "A"))
+    _submit(slab, w.ctrl, "a", 0, 0, 1)
+    w.load = LoadMeter(1.0, clock=lambda: t[0])
+    w._drain(block=False)  # one iteration of run(), by hand
+    w._run_one_block()
+    w._collect()
+    t[0] += 1.0  # the block took a second
+    w._drain(block=True)  # idles 3 s, then Stop
+    report = w.load.report()
+    assert report is not None and report.blocks == 1
+    assert report.busy_ratio == pytest.approx(0.25)  # 1 s busy of 4 s
+    assert [(d.session_id, d.seq) for d in _results(results)] == [("a", 0)]
+    assert not w.running

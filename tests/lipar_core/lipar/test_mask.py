@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
-from lipar_core.lipar.mask import PruneMasker, gaussian_causal_kernel
+from lipar_core.lipar.mask import FLOOR_MARGIN, PruneMasker, gaussian_causal_kernel
 
 
 def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -19,6 +19,13 @@ def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     v = d.reshape(c, h // 2, 2, w // 2, 2).transpose(1, 3, 0, 2, 4).reshape(h // 2, w // 2, -1)
     n = v.shape[-1]
     return np.sort(v, axis=-1)[..., int(0.2 * n) : int(0.8 * n)].mean(-1)
+
+
+def _peak(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[C, h, w] x2 -> [gh, gw] largest |a - b| over each 2x2xC patch (the latent floor's measure)."""
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    c, h, w = d.shape
+    return d.reshape(c, h // 2, 2, w // 2, 2).max(axis=(0, 2, 4))
 
 
 def reference_mask(lat: np.ndarray, f: int, cfg: LiparConfig) -> np.ndarray:
@@ -55,6 +62,16 @@ def reference_mask(lat: np.ndarray, f: int, cfg: LiparConfig) -> np.ndarray:
         if cfg.min_keep_ratio:
             while 0 < m.sum() < cfg.min_keep_ratio * m.size:
                 m = ndimage.binary_dilation(m, structure=np.ones((3, 3), bool))
+        if cfg.floor is not None:  # the hard floor: against the predecessor and the drift reference
+            changed = _peak(lat[t], lat[max(t - 1, 0)]) > cfg.floor
+            if ref is not None:
+                changed |= _peak(lat[t], ref) > cfg.floor
+            margin = min(FLOOR_MARGIN, r)
+            m |= (
+                ndimage.binary_dilation(changed, structure=np.ones((2 * margin + 1,) * 2, bool))
+                if margin
+                else changed
+            )
         if t < f:
             m = np.ones_like(m)
         out.append(m)
@@ -86,7 +103,8 @@ def _moving_latents(t: int, seed: int = 0) -> torch.Tensor:
     "cfg",
     [
         LiparConfig(tau=0.1, tau2=0.3),
-        LiparConfig(tau=0.05, tau2=None, dilation=1),
+        LiparConfig(tau=0.1, tau2=0.3, floor=None),
+        LiparConfig(tau=0.05, tau2=None, dilation=1, floor=1.0),
         LiparConfig(tau=0.1, tau2=0.15, min_keep_ratio=0.35),
     ],
 )
@@ -166,3 +184,54 @@ def test_external_and_pixel_sources() -> None:
     keep = pix(torch.zeros(1, 3, 16, 16, 16), pixels=moved)[0]
     # A step change is caught by the drift check and passes the majority filter once it persisted 2 frames.
     assert keep[2, 5:, 5:].all() and not keep[2, :4, :4].any()
+
+
+def _blip_latents(t: int, seed: int = 0) -> torch.Tensor:
+    """[T, 16, 16, 24] still smooth background with a one-latent-cell blip (half a token) moving one cell per
+    frame along row 7, plus noise well below the floor."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.avg_pool2d(torch.randn(16, 20, 28, generator=g)[None], 5, 1)[0] * 2
+    frames = []
+    for i in range(t):
+        x = base + 0.01 * torch.randn(base.shape, generator=g)
+        x[:, 7, 2 + i] += 1.5
+        frames.append(x)
+    return torch.stack(frames)
+
+
+@pytest.mark.parametrize("source", ["latent", "pixel"])
+def test_floor_keeps_a_small_mover_the_filters_erase(source: str) -> None:
+    """An object of half a token is erased by the median / majority / opening filters; the floor keeps every
+    token it touches, in every frame, and nothing else than the dilated neighbourhood of it."""
+    geo = StreamGeometry(height=128, width=192)
+    f, st = geo.latent_frames_per_block, geo.vae_stride[0]
+    blocks = 4
+    if source == "latent":
+        lat = _blip_latents(blocks * f)
+        pixels = None
+        where = [(7 // 2, (2 + t) // 2) for t in range(blocks * f)]  # token of the blip in latent frame t
+    else:
+        lat = torch.zeros(blocks * f, 16, 16, 24)
+        g = torch.Generator().manual_seed(0)
+        pixels = torch.rand(1, 3, 128, 192, generator=g).expand(blocks * f * st, -1, -1, -1).clone()
+        side = 8  # half a token: 16 pixels
+        for i in range(blocks * f * st):
+            x0 = 20 + 2 * i
+            pixels[i, :, 60 : 60 + side, x0 : x0 + side] = 1.0
+        where = [(60 // 16, (20 + 2 * (t * st + st - 1)) // 16) for t in range(blocks * f)]
+
+    def run(cfg: LiparConfig) -> torch.Tensor:
+        m = PruneMasker(cfg, geo)
+        out = []
+        for b in range(blocks):
+            px = pixels[None, b * f * st : (b + 1) * f * st] if pixels is not None else None
+            out.append(m(lat[None, b * f : (b + 1) * f], pixels=px, force_full=b == 0)[0])
+        return torch.cat(out)
+
+    on = run(LiparConfig(mask_source=source, tau2=None))  # type: ignore[arg-type]
+    off = run(LiparConfig(mask_source=source, tau2=None, floor=None, floor_pixel=None))  # type: ignore[arg-type]
+    later = range(f, blocks * f)
+    assert not off[f:].any(), "the filters alone keep the small mover: the test lost its point"
+    assert all(on[t][where[t]] for t in later), [bool(on[t][where[t]]) for t in later]
+    # Only the mover's neighbourhood is kept (dilation radius 2 around this and the previous position).
+    assert all(on[t].sum() <= 2 * (2 * 2 + 2) ** 2 for t in later), [int(on[t].sum()) for t in later]
