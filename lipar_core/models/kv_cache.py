@@ -260,6 +260,7 @@ class CacheStage:
         own = like.own
         self.geometry = like.geometry
         self.layout = tuple((tuple(t.shape), t.dtype, t.device) for t in own.tensors())
+
         def zeros(lst: list[torch.Tensor]) -> list[torch.Tensor]:
             return [torch.zeros_like(t) for t in lst]
 

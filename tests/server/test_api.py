@@ -140,7 +140,7 @@ async def test_invalid_create(api: httpx.AsyncClient, body: dict, field: str) ->
     assert r.json()["error"]["code"] == "invalid" and field in r.json()["error"]["message"]
 
 
-def test_lipar_overrides_are_derived_from_lipar_config() -> None:
+async def test_lipar_overrides_are_derived_from_lipar_config() -> None:
     """Every LIPAR knob a session may override has LiparConfig's bounds and description (one source)."""
     from lipar_core.lipar.config import LiparConfig
     from server.api.schemas import SESSION_LIPAR_KNOBS, LiparSettings
