@@ -10,6 +10,7 @@ whose heartbeat expired as ``failed``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -32,6 +33,7 @@ from server.worker.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_S = 0.5
+_DELETED_KEPT = 10_000  # ids of deleted sessions remembered (to answer late concurrent DELETEs with 404)
 
 
 class SessionManager:
@@ -44,6 +46,13 @@ class SessionManager:
         self.rtc_config = rtc_configuration(settings.ice_servers)
         self._tasks: list[asyncio.Task[None]] = []
         self._last_beat = 0.0
+        # Sessions with an offer being answered / a DELETE under way: concurrent requests for the same session
+        # are decided here, synchronously on the event loop, before any await (one wins, the others are refused).
+        self._answering: set[str] = set()
+        self._deleting: set[str] = set()
+        # ids this node deleted (bounded; ids are never reused): a DELETE that read the record before another
+        # DELETE removed it still answers 404
+        self._deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
         pool.on_block = self._on_block
         pool.on_error = self._on_worker_error
         pool.on_lost = self._on_worker_lost
@@ -166,12 +175,15 @@ class SessionManager:
             live = self.live[session_id] = self._new_live(session_id, r["prompt"])
         if live is None or r["state"] in TERMINAL_STATES:
             raise WrongState(f"session {session_id} is {r['state']}: create a new session")
-        if r["state"] != "created" or live.peer is not None:
+        if r["state"] != "created" or live.peer is not None or session_id in self._answering:
             raise WrongState(f"session {session_id} already has a connection (state {r['state']})")
+        self._answering.add(session_id)
         try:
             return await live.answer(sdp)
         except BadOffer as e:
             raise BadRequest(str(e)) from None
+        finally:
+            self._answering.discard(session_id)
 
     async def patch(self, session_id: str, req: SessionPatch) -> Record:
         """Change prompt/params; the owner's worker applies it at the next block boundary."""
@@ -198,10 +210,21 @@ class SessionManager:
         return await self.get(session_id)
 
     async def delete(self, session_id: str) -> None:
-        """End the session and free its worker state; the record is removed."""
+        """End the session and free its worker state; the record is removed. Of concurrent DELETEs of one
+        session, one ends it (204) and the others find no session (404)."""
         r = await self.store.get(session_id)
-        if r is None:
+        if r is None or session_id in self._deleting or session_id in self._deleted:
             raise NotFound(f"no session {session_id}")
+        self._deleting.add(session_id)
+        try:
+            await self._delete(session_id, r)
+            self._deleted[session_id] = None
+            while len(self._deleted) > _DELETED_KEPT:
+                self._deleted.popitem(last=False)
+        finally:
+            self._deleting.discard(session_id)
+
+    async def _delete(self, session_id: str, r: Record) -> None:
         if r["node_id"] == self.node_id:
             await self._end(session_id, "closed", "deleted by the client", keep_record=False)
         else:
