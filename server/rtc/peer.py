@@ -8,6 +8,7 @@ complete.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 
@@ -21,6 +22,46 @@ log = logging.getLogger(__name__)
 
 class BadOffer(ValueError):
     """The SDP offer cannot be used; the message says why (HTTP 400)."""
+
+
+#: remote ICE candidates an offer may list. aiortc checks connectivity to every one of them (UDP packets to each
+#: address), so an unbounded list would make the server a reflector towards addresses the client chose; a
+#: browser offers a handful (one per interface and protocol).
+MAX_REMOTE_CANDIDATES = 32
+
+
+def check_offer(sdp: str) -> None:
+    """Refuse offers the server must not act on, before any socket is touched (:class:`BadOffer`): no video
+    m-line, a rejected one (port 0), no DTLS fingerprint (media could not be authenticated), more than
+    :data:`MAX_REMOTE_CANDIDATES` candidates, or a candidate whose port is not 1-65535 or whose address is
+    neither an IP address nor an mDNS ``.local`` name."""
+    lines = [ln.strip() for ln in sdp.splitlines()]
+    video = [ln for ln in lines if ln.startswith("m=video")]
+    if not video:
+        raise BadOffer("the offer has no video m-line; offer a sendrecv video transceiver")
+    if all(len(v.split()) < 2 or v.split()[1] == "0" for v in video):
+        raise BadOffer("the offer's video m-line is rejected (port 0); offer a sendrecv video transceiver")
+    if not any(ln.startswith("a=fingerprint:") for ln in lines):
+        raise BadOffer("the offer has no DTLS fingerprint (a=fingerprint); media must be encrypted")
+    candidates = [ln for ln in lines if ln.startswith("a=candidate:")]
+    if len(candidates) > MAX_REMOTE_CANDIDATES:
+        raise BadOffer(f"the offer lists {len(candidates)} ICE candidates; at most {MAX_REMOTE_CANDIDATES}")
+    for c in candidates:
+        parts = c.split()
+        if len(parts) < 6 or not parts[5].isdigit() or not 0 < int(parts[5]) < 65536:
+            raise BadOffer(f"malformed ICE candidate in the offer: {c[:80]!r}")
+        if not _candidate_address_ok(parts[4]):
+            raise BadOffer(
+                f"ICE candidate address {parts[4][:64]!r} is neither an IP address nor a .local name"
+            )
+
+
+def _candidate_address_ok(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return address.endswith(".local") and len(address) <= 253
+    return True
 
 
 class SessionPeer:
@@ -51,8 +92,7 @@ class SessionPeer:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the offer and return the SDP answer; :class:`BadOffer` when the offer is unusable."""
-        if "m=video" not in offer_sdp:
-            raise BadOffer("the offer has no video m-line; offer a sendrecv video transceiver")
+        check_offer(offer_sdp)
         transceiver = self.pc.addTransceiver(self.out_track, direction="sendrecv")
         prefer_codec(transceiver, self.codec)
         try:
