@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from server.rtc.outbound import PlayoutDelay
 from tests.server.server_proc import ROOT, ServerProcess
 
 FPS = 10.0
@@ -62,7 +63,11 @@ def test_loadtest_cli_against_a_real_server(
     c = s["client"]
     assert s["status"] == "connected" and s["clip"] == "bikes.mp4" and s["error"] is None, s
     assert c["frames_received"] > 0 and c["frames_sent_measured"] == round(SECONDS * FPS), c
-    assert c["received_fps"] is not None and 3.0 < c["received_fps"] <= FPS * 1.1, c
+    # In a short window the output may run faster than the input while the playout delay decays after a slow
+    # start (at most PlayoutDelay's max_decay_rate faster: 25 %), never more; frames are never invented.
+    fastest = FPS * (1 + PlayoutDelay().max_decay_rate) * 1.05
+    assert c["received_fps"] is not None and 3.0 < c["received_fps"] <= fastest, c
+    assert c["frames_received"] <= c["frames_sent"], c
     assert c["negative_latency_frames"] == 0 and c["unpaired_frames"] == 0, c
     lat = c["latency_ms"]
     assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p95"] <= lat["max"] and lat["p50"] < LATENCY_P50_MAX_MS, (
