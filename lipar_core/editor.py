@@ -24,7 +24,7 @@ import torch
 
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
-from lipar_core.lipar.prune import KeepSet, PendingKeepSet
+from lipar_core.lipar.prune import KeepSet, PendingKeepSet, padded_count
 from lipar_core.lipar.restore import RestorationBuffer
 from lipar_core.models.graphs import GraphedDiT
 from lipar_core.scheduler import make_step_list
@@ -264,10 +264,10 @@ class StreamEditor:
         )
 
     def bucket_sizes(self) -> list[int]:
-        """Every kept-token count a pruned pass can run with (multiples of ``lipar.bucket``, capped at the
-        block's token count): the shapes :meth:`prepare_graphs` captures."""
-        n, b = self.geometry.tokens_per_block, self.lipar.bucket
-        return sorted({*range(b, n, b), n})
+        """Every token count a pruned pass can run with (:func:`padded_count` of each partial kept count): the
+        shapes :meth:`prepare_graphs` captures."""
+        n = self.geometry.tokens_per_block
+        return sorted({padded_count(k, n, self.lipar.bucket) for k in range(1, n)})
 
     @torch.no_grad()
     def prepare_graphs(self, progress: Callable[[int, int], None] | None = None) -> int:

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 import torch
 
 
+def padded_count(n_keep: int, n_total: int, bucket: int) -> int:
+    """Tokens a pass computes for ``n_keep`` kept of ``n_total``: the count rounded up to a multiple of
+    ``bucket``, capped at ``n_total`` (0 when nothing is kept)."""
+    return min(n_total, math.ceil(n_keep / bucket) * bucket) if n_keep else 0
+
+
 @dataclass(frozen=True)
 class KeepSet:
     """Which tokens of a block are recomputed.
@@ -104,5 +110,5 @@ class PendingKeepSet:
         if self.ready is not None:
             self.ready.synchronize()
         n_keep = int(self.count)
-        n_pad = min(self.n_total, math.ceil(n_keep / self.bucket) * self.bucket) if n_keep else 0
+        n_pad = padded_count(n_keep, self.n_total, self.bucket)
         return KeepSet(mask=self.mask, idx=self.padded[:n_pad], n_keep=n_keep, n_total=self.n_total)

@@ -132,3 +132,18 @@ def test_editors_sharing_one_runner_edit_as_if_alone(models: EditorModels) -> No
             assert runner.stage.holds(shared[i].cache)
     assert runner.stage.switches >= 8
     models.graph_runners.clear()
+
+
+def test_bucket_sizes_are_the_token_counts_pruned_passes_run_with(models: EditorModels) -> None:
+    """prepare_graphs captures exactly the padded counts KeepSet produces for every partial kept count."""
+    from lipar_core.lipar.prune import KeepSet
+
+    ed = StreamEditor(models, "buckets")
+    n, b = models.geometry.tokens_per_block, ed.lipar.bucket
+    f, (gh, gw) = models.geometry.token_frames_per_block, models.geometry.token_grid
+    seen = set()
+    for k in range(1, n):
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[:k] = True
+        seen.add(KeepSet.from_mask(mask.view(f, gh, gw), b).n_pad)
+    assert ed.bucket_sizes() == sorted(seen) and ed.bucket_sizes()[-1] == n
