@@ -46,10 +46,12 @@ class LiparConfig(BaseModel):
             group against the previous group's last frame, or in the group's last frame against the drift
             reference. A cell is a quarter of the token's side (4x4 pixels for a 16-pixel token): an object of
             half a token covers at least one whole cell wherever it lies, while the mean over 16 pixels quiets
-            noise (it is a mean of the signed difference). The default 0.1 (25.5/255) is 4x the largest cell
+            noise (it is a mean of the signed difference). The default 0.2 (51/255) is 7x the largest cell
             change of webcam-level noise (Gaussian, sigma 3/255: 0.020) or of camera noise after a VP8 round
-            trip (0.027). Busy real clips prune less with it (carphone, a car ride, at 832x480: 31 % instead
-            of 55 %; the paper's filters pruned a third of its clearly changed tokens).
+            trip (0.027), and a mover of contrast 0.2 still shows (tests/lipar_core/lipar/test_fidelity.py).
+            With ``dilation`` 0 (the floor and its margin instead of the paper's 5x5 dilation) real clips
+            prune more than with the paper's criterion and recall more of their changed tokens at every level
+            (bench/results/cpu-mask-sweep.md); the paper's criterion alone missed 8-17 % of them.
         recovery: ``none`` (naive pruning: pruned tokens are absent from attention), ``m_degree`` (pruned
             positions hold duplicated K/V rotated to their own position, copied from the preceding frame of
             the current pass) or ``full`` (M-degree plus noise-aware duplication: duplicates come from the clean
@@ -86,7 +88,7 @@ class LiparConfig(BaseModel):
         default=0.25, description="latent source: a token whose latent changed by more than this is kept"
     )
     floor_pixel: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
-        default=0.1, description="pixel source: a token whose pixels changed by more than this is kept"
+        default=0.2, description="pixel source: a token whose pixels changed by more than this is kept"
     )
     recovery: Recovery = Field(default="full", description="Attention Recovery: none, m_degree or full")
     bucket: Annotated[int, Field(ge=1, le=4096)] = Field(

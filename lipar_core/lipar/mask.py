@@ -348,7 +348,8 @@ class PruneMasker:
     _State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
     def _changed(self, src: torch.Tensor, cur: torch.Tensor, pixel: bool) -> torch.Tensor | None:
-        """The hard floor: tokens whose input changed clearly, [B, F, gh, gw] bool, or None when it is off.
+        """The hard floor: tokens whose input changed clearly, with their margin (:data:`FLOOR_MARGIN`),
+        [B, F, gh, gw] bool, or None when it is off.
 
         Latent source: the latent frame against its predecessor and against the drift reference. Pixel source:
         every pixel frame of each latent frame's group (``src`` [B, F * stride, 3, H, W]) against the previous
@@ -366,7 +367,7 @@ class PruneMasker:
             peak = peak_change(cur, torch.cat([first, cur[:, :-1]], dim=1), tok)
         if self._ref is not None:
             peak = torch.maximum(peak, peak_change(cur, self._ref, tok))
-        return peak > level
+        return dilate((peak > level).float(), FLOOR_MARGIN) > 0.5
 
     def _compute(self, src: torch.Tensor, pixel: bool, force_full: bool) -> tuple[torch.Tensor, _State]:
         """One block: (keep [B, F, gh, gw] bool, new history). Reads the history, never writes it.
@@ -402,7 +403,7 @@ class PruneMasker:
             dil = enforce_min_ratio(dil, cfg.min_keep_ratio)
         changed = self._changed(src, cur, pixel)
         if changed is not None:  # the floor overrides whatever the filters made of the neighbourhood
-            dil = torch.maximum(dil, dilate(changed.float(), min(FLOOR_MARGIN, r)))
+            dil = torch.maximum(dil, changed.float())
         out = dil > 0.5
         if force_full:
             out = torch.ones_like(out)

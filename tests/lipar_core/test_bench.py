@@ -21,14 +21,19 @@ def test_bench_runs_all_variants_and_writes_json_and_table(tmp_path: Path) -> No
     args = ["--transformer", "tiny", "--device", "cpu", "--height", "64", "--width", "96", "--blocks", "3"]
     assert main([*args, "--warmup", "0", "--clips", str(clips), "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert set(r["variants"]) == {"self_forcing", "window", "naive", "lipar"}
+    assert set(r["variants"]) == {"self_forcing", "window", "naive", "lipar", "paper_mask"}
     assert r["clips"] == ["carphone", "static_camera"]
     win, lip = r["variants"]["window"]["all"], r["variants"]["lipar"]["all"]
     # At this toy size (4x6 tokens) the moving patch of the static-camera clip and its dilated margin cover most
     # of the frame; the clip still prunes, and nothing whose input changed clearly is pruned.
     assert win["prune_ratio"] == 0 and r["variants"]["lipar"]["clips"]["static_camera"]["prune_ratio"] > 0
     assert r["recall_level"] == LiparConfig().floor_pixel and lip["changed_tokens"] > 0
-    assert all(v["all"]["recall"] == 1.0 for v in r["variants"].values())  # recall: a column for each variant
+    # the paper's criterion alone (no floor) prunes tokens whose input changed clearly; LIPAR's floor never does
+    paper = r["variants"]["paper_mask"]["all"]
+    assert lip["recall"] == 1.0 and paper["changed_tokens"] == lip["changed_tokens"]
+    assert paper["recall"] < 1.0, paper["recall"]
+    others = [v["all"]["recall"] for k, v in r["variants"].items() if k != "paper_mask"]
+    assert others == [1.0] * 4  # recall: a column for each variant (unpruned variants recompute everything)
     assert r["variants"]["self_forcing"]["settings"]["m"] == [0, 21]
     assert lip["fps"] > 0 and "psnr_frames_db" in lip and "psnr_latents_kept_db" in lip
     for v in r["variants"].values():  # wall-clock passes, sequential and pipelined, edit the same frames

@@ -182,8 +182,17 @@ def test_external_and_pixel_sources() -> None:
         1.0  # bottom-right quadrant (tokens 4..7) changes at the next block's first frame
     )
     keep = pix(torch.zeros(1, 3, 16, 16, 16), pixels=moved)[0]
-    # A step change is caught by the drift check and passes the majority filter once it persisted 2 frames.
-    assert keep[2, 5:, 5:].all() and not keep[2, :4, :4].any()
+    # A step change is caught at once by the floor (tokens 4..7) with its one-token margin (3..7), whatever the
+    # dilation; the paper's filters alone catch it by the drift check once it persisted 2 frames.
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[3:, 3:] = True
+    assert torch.equal(keep[0], expected) and torch.equal(keep[2], expected)
+    paper = PruneMasker(
+        LiparConfig(mask_source="pixel", tau_pixel=0.05, tau2=0.3, dilation=0, floor_pixel=None), geo
+    )
+    paper(torch.zeros(1, 3, 16, 16, 16), pixels=frames, force_full=True)
+    keep = paper(torch.zeros(1, 3, 16, 16, 16), pixels=moved)[0]
+    assert keep[2, 5:, 5:].all() and not keep[2, :4, :4].any() and not keep[0].any()
 
 
 def _blip_latents(t: int, seed: int = 0) -> torch.Tensor:
