@@ -149,7 +149,9 @@ def pass_timings(
     out[f"{tag}dit_pass_ms_unpruned_eager"] = timed(
         lambda: dit.forward_block(x, [700.0] * 3, cache, cross, ctx)
     )
-    out[f"{tag}dit_pass_ms_unpruned_graph"] = timed(lambda: g.forward_block(x, [700.0] * 3, cache, cross, ctx))
+    out[f"{tag}dit_pass_ms_unpruned_graph"] = timed(
+        lambda: g.forward_block(x, [700.0] * 3, cache, cross, ctx)
+    )
     n = geo.tokens_per_block
     for frac in (0.75, 0.5, 0.25, 0.1):
         gen = torch.Generator(device=dev).manual_seed(1)

@@ -11,6 +11,9 @@
 #                                            load tests against the running server (kind: webcam | incar |
 #                                            moving; lipar: on | off); then the table
 #   PLAN=stop   bash bench/gpu_loadtest.sh   stop the server (PRESET=... PLAN=start starts another)
+# BENCH=1 with PLAN=start also runs lipar-bench (window, paper_mask, lipar; BENCH_BLOCKS blocks per clip, default
+# 4) once the server is ready and idle. WARMUP (default 1) is the loadtest's --warmup: the steady window starts
+# this long after a session's first frame.
 # DEVICES=cuda:0,cuda:1 (default cuda:0) starts one worker per GPU (issue 19: on nvidia-h200-x2, runs of 1..2N
 # webcam sessions with SESSIONS_PER_WORKER=N, beside the one-GPU figure measured in the same call).
 # Each call returns: server.log (tail), runs.tgz (every run's JSON and markdown), table.md, smi.csv.
@@ -53,6 +56,11 @@ start)
   for _ in $(seq 1 "${READY_S:-400}"); do ready && break; sleep 1; done
   ready && echo "server ready" || echo "server NOT ready"
   grep -E "warm|graphs|ready|Error|error" /tmp/server.log | tail -n 20
+  if [ "${BENCH:-0}" = 1 ]; then
+    timeout "${BENCH_S:-240}" python3 -m lipar_core.bench --clips .clips --out "$OUT/bench.json" \
+      --blocks "${BENCH_BLOCKS:-4}" --variants window,paper_mask,lipar > "$OUT/bench.log" 2>&1
+    echo "bench rc=$?"; cat "$OUT/bench.md"
+  fi
   ;;
 runs)
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
@@ -65,7 +73,8 @@ runs)
     [ -n "${pc:-}" ] && extra+=(--prompt-change-at "$pc")
     echo "== $name: $n sessions, $kind clips, LIPAR $lip, $secs s"
     timeout $((secs + 90)) "${LOADTEST[@]}" "$URL" --clips ".clips/$kind" --sessions "$n" --seconds "$secs" \
-      --fps 30 --out "$RUNS_DIR/$name.json" --label "$name $PRESET $kind LIPAR-$lip" "${extra[@]}" \
+      --fps 30 --warmup "${WARMUP:-1}" --out "$RUNS_DIR/$name.json" --label "$name $PRESET $kind LIPAR-$lip" \
+      "${extra[@]}" \
       > "$RUNS_DIR/$name.log" 2>&1
     echo "rc=$?"; tail -n "$((n + 6))" "$RUNS_DIR/$name.log"
   done

@@ -1,9 +1,10 @@
 """One table from several ``lipar-loadtest`` reports of a GPU run (bench/gpu_loadtest.sh).
 
 Per run: sessions, clip kind, LIPAR, received fps per session (min / mean) and together, dropped %, client-
-measured latency p50 / p95, the longest time to first frame, frame gaps (share under 2x the mean), the sessions'
-mean prune ratio (the server's last block of each), and GPU busy % (mean ``utilization.gpu`` of ``nvidia-smi``
-samples taken during the run's wall-clock window).
+measured latency p50 / p95, the longest time to first frame (and its ICE + DTLS part), frame gaps (share under 2x
+the mean), the worst block stall (the server's slowest block after a session's first over its median block), the
+sessions' mean prune ratio (the server's last block of each), and GPU busy % (mean ``utilization.gpu`` of
+``nvidia-smi`` samples taken during the run's wall-clock window).
 
 Usage: python bench/loadtest_table.py RUNS_DIR [--smi smi.csv] [--server-log server.log] --out table.md
 """
@@ -62,11 +63,13 @@ def row(report: dict[str, Any], samples: list[tuple[float, float]]) -> str:
     known = [r for r in ratios if r is not None]
     prune = sum(known) / len(known) if known and lipar == "on" else None
     return (
-        f"| {label.split()[0] if label else '-'} | {agg['sessions_connected']}/{st['sessions']} | {kind} | {lipar} | "
+        f"| {label.split()[0] if label else '-'} | {st['seconds']:g} | {agg['sessions_connected']}/{st['sessions']} | "
+        f"{kind} | {lipar} | "
         f"{_f(agg.get('received_fps_min'))} / {_f(agg.get('received_fps_mean'))} | "
         f"{_f(agg.get('received_fps_total'))} | {_f(agg.get('dropped_pct_mean'))} | "
-        f"{_f(lat.get('p50'), 0)} / {_f(lat.get('p95'), 0)} | {_f(agg.get('ttff_ms_max'), 0)} | "
-        f"{_f(min(shares) if shares else None, 3)} | {_f(prune, 2)} | {_f(gpu, 0)} |"
+        f"{_f(lat.get('p50'), 0)} / {_f(lat.get('p95'), 0)} | {_f(agg.get('ttff_ms_max'), 0)} "
+        f"({_f(agg.get('connect_ms_max'), 0)}) | {_f(min(shares) if shares else None, 3)} | "
+        f"{_f(agg.get('block_ratio_max'), 2)} | {_f(prune, 2)} | {_f(gpu, 0)} |"
     )
 
 
@@ -80,9 +83,10 @@ def main() -> int:
     logging.basicConfig(level="INFO", format="%(message)s")
     samples = read_smi(args.smi)
     lines = [
-        "| run | sessions | clips | LIPAR | received fps per session (min / mean) | together | dropped % | "
-        "latency p50 / p95 ms | TTFF max ms | gaps < 2x mean (min share) | prune ratio | GPU busy % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | s | sessions | clips | LIPAR | received fps per session (min / mean) | together | dropped % | "
+        "latency p50 / p95 ms | TTFF max ms (connect) | gaps < 2x mean (min share) | block max / p50 | "
+        "prune ratio | GPU busy % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     reports = []
     for path in sorted(args.runs.glob("*.json")):

@@ -187,7 +187,8 @@ class StreamEditor:
         """Change the noise seed and/or the edit strength and number of steps at the next block.
 
         ``strength`` in (0, 1] is the first denoising step over 1000 (default 0.4); ``steps`` in [1, 8].
-        Giving one of strength/steps keeps the other's current value. Raises ValueError on bad values.
+        Giving one of strength/steps keeps the other's current value: the latest one set, even when it is not
+        applied yet (two changes before a block both count). Raises ValueError on bad values.
         """
         if seed is not None:
             if not 0 <= seed < 2**63:
@@ -195,8 +196,9 @@ class StreamEditor:
             self._pending.seed = seed
         if strength is not None or steps is not None:
             n = self.models.scheduler.num_train_timesteps
-            s = strength if strength is not None else self.steps[0] / n
-            k = steps if steps is not None else len(self.steps)
+            current = self._pending.steps if self._pending.steps is not None else self.steps
+            s = strength if strength is not None else current[0] / n
+            k = steps if steps is not None else len(current)
             new = make_step_list(s, k, n)
             self._validate_steps(new)
             self._pending.steps = new
@@ -273,10 +275,11 @@ class StreamEditor:
     def prepare_graphs(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Capture every CUDA graph this stream's settings can replay, before any stream needs one.
 
-        Runs the stream's first block on random frames (eager, as every stream's first block is), then, at each
-        block position whose attended prefix differs (the ring filling up, then full), captures the graph of
-        every pass kind (first denoising pass, later denoising passes, the clean pass) for every kept-token
-        bucket and for the unpruned block. Graphs are shared by every stream of the worker with this cache
+        Runs the stream's first block on random frames (which loads every lazily initialised kernel), then
+        captures the graph of every pass kind (first denoising pass, later denoising passes, the clean pass) for
+        a stream's first block (unpruned, it writes the attention sink) and, at each later block position whose
+        attended prefix differs (the ring filling up, then full), for every kept-token bucket and for the
+        unpruned block. Graphs are shared by every stream of the worker with this cache
         shape (:meth:`EditorModels.graph_runner`) and no longer depend on timesteps, so afterwards no session,
         prune rate, strength or step count captures while streaming (another ``recovery`` or ``m`` override
         still captures on first use). Leaves the stream reset.
@@ -291,7 +294,9 @@ class StreamEditor:
         g = torch.Generator().manual_seed(0)
         shape = (self.frames_per_block, self.height, self.width, 3)
         self._restart()
-        self.process_block(torch.randint(0, 256, shape, dtype=torch.uint8, generator=g))
+        before = self.graphs.captures
+        frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        self.process_block(frames)  # a first block: captures the passes it runs
         geo = self.geometry
         f, (gh, gw) = geo.token_frames_per_block, geo.token_grid
         keeps: list[KeepSet | None] = [None]
@@ -302,27 +307,29 @@ class StreamEditor:
                 mask[: min(pad, n - 1)] = True
                 keeps.append(KeepSet.from_mask(mask.view(f, gh, gw), self.lipar.bucket))
         kinds = [(True, False, self.steps[0]), (False, False, self.steps[-1]), (False, True, 0.0)]
-        positions: list[int] = []
+        # A stream's first block (frame 0: it writes the sink, and LIPAR never prunes it), then every later
+        # position whose attended prefix differs.
+        positions: list[int] = [0]
         frame, seen = self.frame_index, set()
         while (valid := self.cache.plan(frame).valid_frames) not in seen:
             seen.add(valid)
             positions.append(frame)
             frame += f
-        total, done, captured = len(positions) * len(keeps) * len(kinds), 0, 0
+        total, done = len(kinds) + (len(positions) - 1) * len(keeps) * len(kinds), 0
         self.graphs.stage.attach(self.cache)
         self.cache.has_prev = True
         for frame in positions:
             ctx = self.models.dit.begin_block(self.cache, frame)
-            for keep in keeps:
+            for keep in keeps if frame > 0 else [None]:
                 for prefill, memory, t in kinds:
-                    captured += self.graphs.prepare(
+                    self.graphs.prepare(
                         self.cache, self._cross, ctx, keep, self.lipar.recovery, memory, prefill, t
                     )
                     done += 1
                     if progress is not None:
                         progress(done, total)
         self._restart()
-        return captured
+        return self.graphs.captures - before
 
     def _to_model_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, H, W, 3] (any size) -> float [1, T, 3, height, width] in [0, 1] on the device.

@@ -16,8 +16,10 @@ What a graph bakes in, and how it is kept valid:
   of graphs: a new session, a new prune rate or a new strength never captures while streaming once
   :meth:`GraphedDiT.prepare` has captured every bucket at warm-up.
 - Host decisions it bakes: the attended prefix length (part of the graph key, so blocks before the ring is
-  full get their own graphs), whether the block holds sink frames (such blocks, a stream's first, run
-  eagerly), whether the pass is uniform over frames (only uniform passes are graphed) and the kind of pass.
+  full get their own graphs), the block's first frame when it holds sink frames (a stream's first block writes
+  its un-rotated sink keys: the start is part of the key, so that block has graphs of its own and a new
+  session's first block replays too), whether the pass is uniform over frames (only uniform passes are
+  graphed) and the kind of pass.
 
 All graphs share one memory pool (passes run one after another on one stream, and every output is cloned
 right after its replay). Graph replay computes exactly what the eager pass computes (the same kernels on the
@@ -106,18 +108,22 @@ class GraphedDiT:
     ) -> bool:
         if self.device.type != "cuda":
             return False
-        in_sink = ctx.plan.frame_start < cache.sink_frames
         uniform = all(t == timesteps[0] for t in timesteps)
         empty = keep is not None and keep.n_keep == 0
-        return not in_sink and uniform and not empty
+        return uniform and not empty
 
     @staticmethod
-    def key(keep: KeepSet | None, recovery: str, memory: bool, prefill: bool, valid_frames: int) -> tuple:
-        """The graph a pass replays: (bucket, recovery, clean pass, first pass, attended frames); an unpruned
-        pass is the same whatever its recovery or prefill flag."""
+    def key(
+        keep: KeepSet | None, recovery: str, memory: bool, prefill: bool, cache: KVCache, ctx: BlockContext
+    ) -> tuple:
+        """The graph a pass replays: (bucket, recovery, clean pass, first pass, attended frames, sink start); an
+        unpruned pass is the same whatever its recovery or prefill flag. ``sink start`` is the block's first
+        frame when the block holds sink frames (the frames whose raw keys it writes), else -1."""
+        plan = ctx.plan
+        sink_start = plan.frame_start if plan.frame_start < cache.sink_frames else -1
         if keep is None:
-            return (0, "", memory, False, valid_frames)
-        return (keep.n_pad, recovery, memory, prefill, valid_frames)
+            return (0, "", memory, False, plan.valid_frames, sink_start)
+        return (keep.n_pad, recovery, memory, prefill, plan.valid_frames, sink_start)
 
     def forward_block(
         self,
@@ -139,7 +145,7 @@ class GraphedDiT:
             return self.dit.forward_block(x, timesteps, cache, cross, ctx, keep, recovery, memory, prefill)
         if not self.stage.holds(cache):
             raise RuntimeError("attach the stream's cache to the stage (CacheStage.attach) before its block")
-        key = self.key(keep, recovery, memory, prefill, ctx.plan.valid_frames)
+        key = self.key(keep, recovery, memory, prefill, cache, ctx)
         ts = tuple(float(t) for t in timesteps)
         static = self._refresh(x, ts, cross, ctx, keep)
         hit = self._graphs.get(key)
@@ -197,7 +203,7 @@ class GraphedDiT:
         """
         if keep is not None and keep.full:
             keep = None
-        key = self.key(keep, recovery, memory, prefill, ctx.plan.valid_frames)
+        key = self.key(keep, recovery, memory, prefill, cache, ctx)
         if key in self._graphs:
             return False
         if not self.stage.holds(cache):
