@@ -98,8 +98,10 @@ export function describeError(e) {
       case 401:
         return `Access token needed: ${e.message}. Enter the server's token below and press Start.`;
       case 503:
-      case 429:
         return `The server is full or not ready: ${e.message}.` +
+          (e.retryAfter != null ? ` Retrying in ${Math.ceil(e.retryAfter)} s.` : '');
+      case 429:
+        return `Too many wrong access tokens were sent from your address: ${e.message}. Check the token below.` +
           (e.retryAfter != null ? ` Retrying in ${Math.ceil(e.retryAfter)} s.` : '');
       case 0:
         return e.message;

@@ -119,15 +119,47 @@ function loadSettings() {
   if (pick('transition')) ui.transition.value = pick('transition') === 'smooth' ? 'smooth' : 'cut';
   if (pick('blend') != null) ui.blend.value = String(pick('blend'));
   st.savedCamera = saved.camera || '';
-  const token = q.get('token') || sessionStorage.getItem('lipar.token') || '';
-  ui.token.value = token;
-  if (q.has('token')) {
-    // keep the token out of the address bar and history
-    q.delete('token');
-    history.replaceState(null, '', `${location.pathname}${q.toString() ? `?${q}` : ''}${location.hash}`);
-  }
+  const autostart = ['1', 'true', 'yes'].includes((q.get('autostart') || '').toLowerCase());
+  ui.token.value = takeToken(q);
   syncLabels();
-  return { autostart: ['1', 'true', 'yes'].includes((q.get('autostart') || '').toLowerCase()) };
+  return { autostart };
+}
+
+// The access token comes from the URL fragment (`#token=…`), which the browser never sends to the server, so it
+// stays out of access logs, proxies and Referer headers; or the person types it. It is kept in sessionStorage
+// (this tab only) and removed from the address bar and history at once. A `?token=` in the query is not used:
+// the browser already sent it to the server in the request line; the page removes it and says why.
+function takeToken(q) {
+  const h = new URLSearchParams(location.hash.replace(/^#/, ''));
+  const fromFragment = h.get('token');
+  const inQuery = q.has('token');
+  if (h.has('token') || inQuery) {
+    h.delete('token');
+    q.delete('token');
+    const query = q.toString() ? `?${q}` : '';
+    const hash = h.toString() ? `#${h}` : '';
+    history.replaceState(null, '', `${location.pathname}${query}${hash}`);
+  }
+  if (fromFragment) {
+    try {
+      sessionStorage.setItem('lipar.token', fromFragment);
+    } catch {
+      // storage disabled: the token lives in the field only
+    }
+  }
+  if (inQuery && !fromFragment) {
+    showError(
+      'The link carried the access token as "?token=", which is sent to the server and can end up in logs: ' +
+        'it was not used. Use a link with "#token=…" instead, or enter the token below.',
+    );
+  }
+  let stored = '';
+  try {
+    stored = sessionStorage.getItem('lipar.token') || '';
+  } catch {
+    stored = '';
+  }
+  return fromFragment || stored;
 }
 
 function syncLabels() {

@@ -5,24 +5,34 @@
 and serves the API with uvicorn. With no configuration it runs the ``tiny`` preset on the CPU with the
 in-memory store. The worker processes start with the app and load the model in the background: ``/healthz``
 answers at once, ``/readyz`` once the model is loaded.
+
+Every response carries the browser security headers (:class:`server.api.middleware.SecurityHeaders`); request
+bodies are limited to ``LIPAR_MAX_BODY_BYTES`` whether or not they declare a length; the access log never shows
+the value of a ``token``-like query parameter (:class:`RedactTokens`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import logging
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from server.api import errors
-from server.api.middleware import BodySizeLimit
+from server.api.deps import AuthThrottle
+from server.api.middleware import AllowedMethods, BodySizeLimit, SecurityHeaders
 from server.api.routes import health, model, sessions
+from server.api.schemas import ParamLimits
 from server.metrics import Metrics
 from server.rtc.codecs import apply_bitrate
 from server.rtc.ice import configure_ice
@@ -41,7 +51,7 @@ CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
 
 def make_store(settings: Settings) -> SessionStore:
     """Redis when ``LIPAR_REDIS_URL`` is set, else in memory."""
-    return RedisStore(settings.redis_url) if settings.redis_url else MemoryStore()
+    return RedisStore(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else MemoryStore()
 
 
 def create_app(
@@ -66,6 +76,9 @@ def create_app(
         factory=editor_factory,
         log_level=settings.log_level,
         start_timeout_s=settings.worker_start_timeout_s,
+        liveness_timeout_s=settings.worker_liveness_timeout_s,
+        max_start_failures=settings.worker_max_start_failures,
+        backoff_max_s=settings.worker_restart_backoff_max_s,
     )
     manager = SessionManager(settings, store, pool, metrics)
     model_info = model.ModelInfoSource(settings.config)
@@ -100,10 +113,18 @@ def create_app(
     )
     app.state.settings, app.state.metrics, app.state.manager = settings, metrics, manager
     app.state.model_info = model_info
+    app.state.limits = ParamLimits.for_preset(settings.config, settings.max_prompt_chars)
+    app.state.auth_throttle = AuthThrottle(
+        settings.auth_fail_limit, settings.auth_fail_window_s, settings.auth_block_s
+    )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(model.router)
+    # innermost: CORS preflights come first
+    app.add_middleware(
+        AllowedMethods, paths=lambda: {p: ops.keys() for p, ops in app.openapi()["paths"].items()}
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -112,9 +133,86 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders, connect_src=settings.csp_connect_src)  # outermost: also on 413s
+    _document_api(app, settings)
     if client_dir is not None and client_dir.is_dir():
         app.mount("/", StaticFiles(directory=client_dir, html=True, check_dir=False), name="client")
     return app
+
+
+#: Routes that take the bearer token but answer without it too (``/readyz``: the status for everyone, the
+#: details with the token); OpenAPI marks their security optional.
+_OPTIONAL_TOKEN = ("/readyz",)
+
+
+def _document_api(app: FastAPI, settings: Settings) -> None:
+    """Make ``/openapi.json`` say what the API does: this node's prompt length limit (``LIPAR_MAX_PROMPT_CHARS``)
+    is the prompt's ``maxLength``, FastAPI's default 422 body (``HTTPValidationError``, which this API never
+    sends: its 422s are the error envelope) is dropped where FastAPI added it, and the optional token of
+    :data:`_OPTIONAL_TOKEN` is marked optional."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = generate()
+        default_422 = "#/components/schemas/HTTPValidationError"
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                body = responses.get("422", {}).get("content", {}).get("application/json", {})
+                if body.get("schema", {}).get("$ref") == default_422:
+                    del responses["422"]
+        for path in _OPTIONAL_TOKEN:  # the token is optional there: it only adds detail
+            operation = spec.get("paths", {}).get(path, {}).get("get")
+            if operation is not None and operation.get("security"):
+                operation["security"] = [{}, *operation["security"]]
+        if default_422 not in json.dumps(spec.get("paths", {})):
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec.get("components", {}).get("schemas", {}).pop(name, None)
+        for name, model_schema in spec.get("components", {}).get("schemas", {}).items():
+            if not name.startswith(("SessionCreate", "SessionPatch")):
+                continue
+            prompt = model_schema.get("properties", {}).get("prompt", {})
+            for alt in prompt.get("anyOf", [prompt]):
+                if alt.get("type") == "string":
+                    alt["maxLength"] = min(
+                        alt.get("maxLength", settings.max_prompt_chars), settings.max_prompt_chars
+                    )
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:token|access_token|api_key|apikey|key|secret|auth)=)[^&;#\s\"]*")
+
+
+class RedactTokens(logging.Filter):
+    """Replace the value of ``token``-like query parameters in a log record's message and arguments by
+    ``[redacted]`` (the access log prints every request's path with its query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact in place; never drops the record."""
+        if isinstance(record.msg, str):
+            record.msg = _SECRET_QUERY.sub(r"\1[redacted]", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _SECRET_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with :class:`RedactTokens` on its handlers (the access log's prints every
+    request's path with its query string)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact_tokens")
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(),
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -19,11 +19,17 @@ several nodes in one process) never collide. Exposed at ``GET /metrics``.
 | ``lipar_sessions_created_total`` | counter | sessions created on this node |
 | ``lipar_sessions_failed_total{cause}`` | counter | sessions failed: ``worker``, ``rtc``, ``node``, ``model`` |
 | ``lipar_sessions_rejected_total`` | counter | creations refused with 503 (no capacity) |
-| ``lipar_worker_restarts_total{device}`` | counter | worker processes restarted after a crash |
+| ``lipar_worker_restarts_total{device}`` | counter | worker processes restarted after a crash, a hang or a failed start |
+| ``lipar_worker_hangs_total{device}`` | counter | ready workers killed for missing heartbeats (``LIPAR_WORKER_LIVENESS_TIMEOUT_S``) |
 | ``lipar_workers_up`` | gauge | worker processes with a loaded model |
+| ``lipar_workers_failed`` | gauge | workers given up after ``LIPAR_WORKER_MAX_START_FAILURES`` failed starts in a row |
 | ``lipar_worker_settled_rss_bytes{worker}`` | gauge | a worker's resident size between blocks, after a heap trim |
 | ``lipar_worker_busy_ratio{worker}`` | gauge | fraction of wall time (over about the last second) a worker was not idle-waiting |
 | ``lipar_event_loop_lag_seconds`` | histogram | how late a 100 ms sleep on the server's event loop wakes up (the loop is the bottleneck when this grows) |
+
+Access: with ``LIPAR_API_TOKEN`` set, ``GET /metrics`` wants ``Authorization: Bearer <token>`` unless
+``LIPAR_METRICS_PUBLIC=true`` (for a scraper on a private network); Prometheus sends the token with
+``authorization: {credentials_file: /path/to/token}`` in the scrape config.
 """
 
 from __future__ import annotations
@@ -93,9 +99,23 @@ class Metrics:
             "lipar_sessions_rejected_total", "Session creations refused for lack of capacity", registry=r
         )
         self.worker_restarts = Counter(
-            "lipar_worker_restarts_total", "Worker processes restarted after a crash", ["device"], registry=r
+            "lipar_worker_restarts_total",
+            "Worker processes restarted after a crash, a hang or a failed start",
+            ["device"],
+            registry=r,
+        )
+        self.worker_hangs = Counter(
+            "lipar_worker_hangs_total",
+            "Ready workers killed because their heartbeats stopped",
+            ["device"],
+            registry=r,
         )
         self.workers_up = Gauge("lipar_workers_up", "Worker processes with a loaded model", registry=r)
+        self.workers_failed = Gauge(
+            "lipar_workers_failed",
+            "Workers given up after failing to start too many times in a row",
+            registry=r,
+        )
         self.worker_settled_rss = Gauge(
             "lipar_worker_settled_rss_bytes",
             "Worker resident size between blocks, after returning freed heap memory",

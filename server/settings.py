@@ -57,15 +57,45 @@ class Settings(BaseSettings):
     max_sdp_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 64 * 1024
     heartbeat_ttl_s: Annotated[float, Field(gt=0.5, le=600)] = 15.0
     record_ttl_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 600.0
+    redis_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """Connect and read timeout of every Redis call (one immediate retry on a broken connection, none on a
+    timeout): a paused or unreachable Redis costs a request at most about this long, then 503 + Retry-After
+    (code ``store_unavailable``)."""
     worker_start_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 180.0
+    worker_liveness_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 15.0
+    """A ready worker whose main loop sent no heartbeat for this long is hung: its sessions fail ("worker N on
+    DEVICE unresponsive: ..."), it is killed and restarted. Keep it well above the longest block (under a second
+    on a GPU, about a second for ``tiny`` on 2 CPU cores); not applied while the model loads (that is
+    ``worker_start_timeout_s``); 0 turns the check off."""
+    worker_max_start_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    """A worker that fails to start (exits or times out before its model is loaded) this many times in a row is
+    given up: ``failed`` in ``/readyz`` (503) and not started again until the server restarts."""
+    worker_restart_backoff_max_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """Ceiling of the restart back-off: the first failure restarts at once, the next ones after 1, 2, 4, ... s."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without the bearer token even when ``api_token`` is set (a private-network scraper)."""
+    readyz_details_public: bool = False
+    """Show ``/readyz``'s per-worker and store details (pids, errors) without the bearer token when ``api_token``
+    is set; otherwise an unauthenticated ``/readyz`` gives only its status."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    auth_fail_limit: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=20, description="wrong bearer tokens from one client address within the window before 429"
+    )
+    auth_fail_window_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+    auth_block_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        default=30.0, description="how long an address over the limit is answered 429 (Retry-After)"
+    )
+    csp_connect_src: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins the page may call besides its own (the public URLs of other nodes)",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("devices", "cors_origins", "rtc_host_addresses", mode="before")
+    @field_validator("devices", "cors_origins", "rtc_host_addresses", "csp_connect_src", mode="before")
     @classmethod
     def _comma_list(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -95,6 +125,14 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown device(s) {bad}: use cpu, cuda or cuda:N")
         if len(set(v)) != len(v):
             raise ValueError(f"devices are listed twice: {v}")
+        return v
+
+    @field_validator("csp_connect_src")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if not re.fullmatch(r"(https?|wss?)://[A-Za-z0-9.\-\[\]:]+", o)]
+        if bad:
+            raise ValueError(f"must be origins such as https://node2.example:8000, got {bad}")
         return v
 
     @field_validator("api_token")

@@ -10,6 +10,8 @@
 | 413 | ``too_large`` | body over ``LIPAR_MAX_BODY_BYTES`` or SDP over ``LIPAR_MAX_SDP_BYTES`` |
 | 422 | ``invalid`` | invalid parameters: schema validation (``details`` lists the fields), prompt over the limit |
 | 503 | ``unavailable`` | no capacity or not ready; ``Retry-After`` says when to retry |
+| 503 | ``store_unavailable`` | the session store (Redis) is unreachable, paused or loading; ``Retry-After`` |
+| 503 | ``node_unavailable`` | the session's node missed the change (re-subscribing after an outage, or gone) |
 | 500 | ``internal`` | a bug; the message does not leak internals |
 """
 
@@ -26,10 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.sessions.errors import (
     BadRequest,
     Invalid,
-    NoCapacity,
     NotFound,
     SessionError,
     TooLarge,
+    Unavailable,
     WrongState,
 )
 
@@ -51,10 +53,14 @@ _CODES = {
 
 
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None, details: list[Any] | None = None
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    details: list[Any] | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
-    """The error envelope as a response."""
-    body: dict[str, Any] = {"code": _CODES.get(status, "error"), "message": message}
+    """The error envelope as a response; ``code`` defaults to the status's code (the table above)."""
+    body: dict[str, Any] = {"code": code or _CODES.get(status, "error"), "message": message}
     if details is not None:
         body["details"] = details
     return JSONResponse({"error": body}, status_code=status, headers=headers)
@@ -77,8 +83,8 @@ def _session_error(e: SessionError) -> JSONResponse:
         return error_response(413, str(e))
     if isinstance(e, Invalid):
         return error_response(422, str(e))
-    if isinstance(e, NoCapacity):
-        return error_response(503, str(e), headers={"Retry-After": str(e.retry_after_s)})
+    if isinstance(e, Unavailable):
+        return error_response(503, str(e), headers={"Retry-After": str(e.retry_after_s)}, code=e.code)
     if isinstance(e, BadRequest):
         return error_response(400, str(e))
     return error_response(400, str(e))

@@ -2,32 +2,88 @@
 
 Ranges follow ``lipar_core.editor.StreamEditor``: ``strength`` in (0, 1], ``steps`` in [1, 8], ``blend_blocks``
 in [0, 64]. The prompt length limit is a setting (``LIPAR_MAX_PROMPT_CHARS``) checked by the route.
+
+Request bodies are strict (pydantic strict mode): no lax coercion, so ``"12"`` is not a seed and ``true`` is not a
+number of steps; unknown fields are refused. An integer field takes what JSON Schema calls an integer (``3`` or
+``3.0``, not ``3.5``). A prompt must not be blank (the editor's own rule, ``str.strip``).
+What a JSON Schema cannot say, :class:`ParamLimits` checks against the served preset before anything reaches a
+worker: whether a strength leaves room for the number of steps (``lipar_core.scheduler.make_step_list``, the
+function the editor itself calls; for a PATCH merged with the session's current values) and whether LIPAR
+overrides make a valid ``LiparConfig`` with the preset's settings. So a worker never rejects what the API
+accepted.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from lipar_core.lipar.config import LiparConfig, MaskSource
 
 SessionState = Literal["created", "connecting", "streaming", "closed", "failed"]
 TERMINAL_STATES: frozenset[str] = frozenset({"closed", "failed"})
 
+#: Every character ``str.strip`` removes (``str.isspace``). A prompt of only these is blank; the JSON Schema says
+#: so with a pattern ("some character outside this set") that matches exactly what :func:`_not_blank` accepts.
+_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+NOT_BLANK_PATTERN = "[^" + "".join(f"\\u{ord(c):04x}" for c in _WHITESPACE) + "]"
+
+
+def _not_blank(prompt: str) -> str:
+    """The editor's rule (``StreamEditor._check_prompt``): a prompt with nothing but whitespace is refused."""
+    if not prompt.strip():
+        raise ValueError("must not be blank (it has only whitespace)")
+    return prompt
+
+
 Prompt = Annotated[
-    str, Field(min_length=1, max_length=100_000, description="what the video should look like")
+    str,
+    Field(
+        min_length=1,
+        max_length=100_000,
+        description="what the video should look like (not blank; at most LIPAR_MAX_PROMPT_CHARS characters)",
+        json_schema_extra={"pattern": NOT_BLANK_PATTERN},
+    ),
+    AfterValidator(_not_blank),
 ]
-Seed = Annotated[int, Field(ge=0, lt=2**63, description="noise seed")]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's ``integer``: a number without a fractional part, so ``3.0`` is 3. Anything else goes to
+    strict validation unchanged: booleans, strings and ``3.5`` are refused, and so is a float too large to
+    hold its integer exactly (beyond 2**53)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)
+Seed = Annotated[int, Integral, Field(ge=0, lt=2**63, description="noise seed")]
 Strength = Annotated[float, Field(gt=0.0, le=1.0, description="edit strength: first denoising step / 1000")]
-Steps = Annotated[int, Field(ge=1, le=8, description="denoising steps per block")]
+Steps = Annotated[int, Integral, Field(ge=1, le=8, description="denoising steps per block")]
 BlendBlocks = Annotated[
-    int, Field(ge=0, le=64, description="smooth only: blocks to interpolate the prompt over")
+    int, Integral, Field(ge=0, le=64, description="smooth only: blocks to interpolate the prompt over")
 ]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: strict types (no coercion from strings or booleans), no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _LiparOverrides(_In):
@@ -93,6 +149,27 @@ class SessionPatch(_In):
       ``blend_blocks`` = N > 0 the prompt embedding is interpolated from the old to the new prompt over N blocks.
     """
 
+    # The two rules of the validator below, in the JSON Schema too (so schema-driven clients know them).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "anyOf": [
+                        {"required": [f], "properties": {f: {"not": {"type": "null"}}}}
+                        for f in ("prompt", "seed", "strength", "steps")
+                    ]
+                },
+                {
+                    "anyOf": [
+                        {"not": {"required": ["blend_blocks"]}},
+                        {"properties": {"blend_blocks": {"const": 0}}},
+                        {"required": ["transition"], "properties": {"transition": {"const": "smooth"}}},
+                    ]
+                },
+            ]
+        }
+    )
+
     prompt: Prompt | None = None
     transition: Literal["cut", "smooth"] = "cut"
     blend_blocks: BlendBlocks = 0
@@ -130,6 +207,20 @@ class Percentiles(BaseModel):
     p95: float | None = None
 
 
+class BlockTimes(BaseModel):
+    """Model time per block of a session (``stage_ms.total`` of each block, ms): the first block (which pays
+    for a fresh stream) and, over the later ones, the median (of the last few thousand) and the slowest: a
+    ``max_after_first`` far above ``p50`` is a stall."""
+
+    first: float | None = None
+    p50: float | None = None
+    max_after_first: float | None = None
+    slowest: dict[str, float | int] | None = Field(
+        default=None, description="the slowest block after the first: its number (1-based) and prune ratio"
+    )
+    n: int = Field(default=0, description="blocks finished")
+
+
 class BlockMask(BaseModel):
     """The last block's LIPAR token mask, for a heat map: ``grid`` = [latent frames, rows, cols] (one token is
     16x16 pixels with the Wan autoencoder and patch); ``bits`` = base64 of numpy.packbits of the flattened
@@ -151,6 +242,7 @@ class SessionStats(BaseModel):
     fps_out: float = 0.0
     latency_ms: Percentiles = Percentiles()
     stage_ms: dict[str, float] = Field(default_factory=dict)
+    block_ms: BlockTimes = BlockTimes()
     prune_ratio: float | None = None
     frames_in: int = 0
     frames_out: int = 0
@@ -238,3 +330,124 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     node_id: str
     checks: dict[str, object] = Field(default_factory=dict)
+
+
+# ---- limits that depend on the served preset (checked by the routes before a worker sees the request) ---------
+
+
+def _invalid(errors: list[tuple[tuple[str | int, ...], str]]) -> RequestValidationError:
+    """A 422 like schema validation's: each error names its field (``loc`` under the body)."""
+    return RequestValidationError(
+        [{"loc": ("body", *loc), "msg": msg, "type": "value_error"} for loc, msg in errors]
+    )
+
+
+@dataclass(frozen=True)
+class ParamLimits:
+    """The limits of a session's parameters that no JSON Schema can state, for one preset.
+
+    They are the worker's own checks, made in the server process first, with the same functions:
+    ``lipar_core.scheduler.make_step_list`` (strength and steps become the step list; too low a strength for
+    the number of steps has no distinct step values) plus the editor's step-list rule, ``LiparConfig`` validated
+    over the preset's LIPAR settings, and the editor's attention-sink rule. A request that passes them is one
+    the worker applies; one that fails is a 422 naming the field, and nothing is sent to a worker.
+    """
+
+    num_train_timesteps: int
+    default_steps: tuple[int, ...]
+    lipar: Mapping[str, Any]
+    sink_frames: int
+    token_frames_per_block: int
+    max_prompt_chars: int
+
+    @classmethod
+    def for_preset(cls, config: str, max_prompt_chars: int) -> ParamLimits:
+        """The limits of a preset (a name or a YAML path; read and validated, no model is loaded)."""
+        from lipar_core.config import PresetConfig, preset_path
+        from lipar_core.geometry import StreamGeometry
+
+        cfg = PresetConfig.from_yaml(preset_path(config))
+        geometry = StreamGeometry(
+            height=cfg.stream.height,
+            width=cfg.stream.width,
+            latent_frames_per_block=cfg.stream.latent_frames_per_block,
+        )
+        return cls(
+            num_train_timesteps=cfg.scheduler.num_train_timesteps,
+            default_steps=tuple(cfg.scheduler.denoising_steps),
+            lipar=dict(cfg.lipar),
+            sink_frames=cfg.stream.sink_frames,
+            token_frames_per_block=geometry.token_frames_per_block,
+            max_prompt_chars=max_prompt_chars,
+        )
+
+    @property
+    def default_strength(self) -> float:
+        """The preset's strength: its first denoising step over the number of training timesteps."""
+        return self.default_steps[0] / self.num_train_timesteps
+
+    def step_list(self, strength: float, steps: int) -> list[int]:
+        """The denoising step values the editor would make of ``strength`` and ``steps`` (its
+        ``set_params``: ``make_step_list``, then its step-list rule). Raises ValueError as the editor does."""
+        from lipar_core.scheduler import make_step_list
+
+        n = self.num_train_timesteps
+        values = make_step_list(strength, steps, n)
+        if any(not 1 <= v <= n for v in values) or any(a <= b for a, b in itertools.pairwise(values)):
+            raise ValueError(f"steps must be strictly decreasing values in [1, {n}], got {values}")
+        return values
+
+    def _prompt(self, prompt: str | None) -> list[tuple[tuple[str | int, ...], str]]:
+        if prompt is not None and len(prompt) > self.max_prompt_chars:
+            return [(("prompt",), f"{len(prompt)} characters is over the limit of {self.max_prompt_chars}")]
+        return []
+
+    def _steps(
+        self, strength: float | None, steps: int | None, current: Mapping[str, Any] | None = None
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """Check ``strength`` and ``steps`` together; a missing one is the session's current value (``current``,
+        a session record) or the preset's, as the worker fills it in."""
+        if strength is None and steps is None:
+            return []  # the worker keeps its step list
+        cur = current or {}
+        s = strength if strength is not None else cur.get("strength")
+        k = steps if steps is not None else cur.get("steps")
+        s = float(s) if s is not None else self.default_strength
+        k = int(k) if k is not None else len(self.default_steps)
+        try:
+            self.step_list(s, k)
+        except ValueError as e:
+            field = "strength" if strength is not None else "steps"
+            return [((field,), f"{e} (strength {s:g} with {k} steps: raise the strength or use fewer steps)")]
+        return []
+
+    def _lipar(self, overrides: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        try:
+            merged = LiparConfig.model_validate({**self.lipar, **overrides})
+        except ValidationError as e:
+            return [(("lipar", *err["loc"]), err["msg"]) for err in e.errors()]
+        sink = merged.m[0] if merged.m is not None else self.sink_frames
+        if merged.enabled and sink > self.token_frames_per_block:  # StreamEditor's rule
+            return [
+                (
+                    ("lipar", "enabled"),
+                    f"with LIPAR the attention sink ({sink} frames) must fit in the first block "
+                    f"({self.token_frames_per_block} frames) of this preset",
+                )
+            ]
+        return []
+
+    def check_create(self, body: SessionCreate) -> None:
+        """Raise a 422 (:class:`RequestValidationError`) when the worker would refuse to open this session."""
+        errors = self._prompt(body.prompt) + self._steps(body.strength, body.steps)
+        if body.lipar is not None:
+            errors += self._lipar(body.lipar.overrides())
+        if errors:
+            raise _invalid(errors)
+
+    def check_patch(self, body: SessionPatch, current: Mapping[str, Any]) -> None:
+        """Raise a 422 when the worker would reject this change of the session ``current`` (its record: the
+        values it runs with, ``None`` meaning the preset's)."""
+        errors = self._prompt(body.prompt) + self._steps(body.strength, body.steps, current)
+        if errors:
+            raise _invalid(errors)

@@ -74,6 +74,7 @@ SERVER_STATS_KEYS = (
     "frames_out",
     "frames_dropped",
     "stage_ms",
+    "block_ms",
     "prune_ratio",
     "active_prompt",
     "prompt_applied_pts",
@@ -321,6 +322,7 @@ class ClientSession:
         self.stage = "connecting (ICE, DTLS)"
         await asyncio.wait_for(self._wait_connected(), CONNECT_TIMEOUT_S)
         self.connected = True
+        tl.connected_at = time.monotonic()
         log.info("%s: connected", self.name)
         if plan.prompt_change_at is not None:
             self._prompt_task = asyncio.create_task(self._prompt_change(http), name=f"{self.name}-prompt")

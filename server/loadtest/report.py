@@ -25,7 +25,10 @@ Definitions (the markdown report repeats them):
 - **Frame gaps** are the intervals between consecutive frames received inside the window: mean, p95, and the
   share of gaps under twice the mean ("no bursts": 1.0 = evenly paced output).
 - **Time to first frame** from the SDP answer (``ttff_ms``) and from the ``POST /v1/sessions`` call
-  (``ttff_from_create_ms``) to the first received frame.
+  (``ttff_from_create_ms``) to the first received frame; ``connect_ms`` is the part from the SDP answer to the
+  WebRTC connection up (ICE + DTLS).
+- **Block stalls** (server side, from ``stats.block_ms`` read at the end of sending): the slowest block after a
+  session's first over the median block (``block_ratio``; 1.5 or less = no stall).
 - **Prompt-change latency** = receive time of the first received frame whose pts is ≥ the server's
   ``stats.prompt_applied_pts`` (the first input frame edited with the new prompt, in the same rebased 90 kHz
   units) − the time the PATCH was sent.
@@ -71,6 +74,7 @@ class Timeline:
     received: list[tuple[int, float]] = field(default_factory=list)
     created_at: float | None = None
     answered_at: float | None = None
+    connected_at: float | None = None
     patch_at: float | None = None
     applied_pts: int | None = None
 
@@ -171,6 +175,7 @@ def session_stats(tl: Timeline, warmup_s: float) -> tuple[dict[str, Any], list[f
         "negative_latency_frames": sum(1 for x in latencies if x < 0),
         "ttff_ms": _ms(tl.answered_at, tl.first_received_at),
         "ttff_from_create_ms": _ms(tl.created_at, tl.first_received_at),
+        "connect_ms": _ms(tl.answered_at, tl.connected_at),
         "prompt_change_ms": prompt_change_ms(tl),
         "window_s": None,
         "frames_sent_in_window": 0,
@@ -203,6 +208,14 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def block_ratio(server: dict[str, Any] | None) -> float | None:
+    """The slowest block after the first over the median block, from a session's server stats (``block_ms``);
+    None when the server did not report them or had fewer than two blocks."""
+    times = (server or {}).get("block_ms") or {}
+    p50, worst = times.get("p50"), times.get("max_after_first")
+    return float(worst) / float(p50) if p50 and worst is not None else None
+
+
 def aggregate(sessions: Sequence[dict[str, Any]], pooled_latencies_ms: Sequence[float]) -> dict[str, Any]:
     """The totals over sessions. Each session dict has ``status`` and, when connected, ``client`` (the output of
     :func:`session_stats`); ``pooled_latencies_ms`` are all sessions' window latencies."""
@@ -214,6 +227,8 @@ def aggregate(sessions: Sequence[dict[str, Any]], pooled_latencies_ms: Sequence[
     ttff_create = [c["ttff_from_create_ms"] for c in clients if c["ttff_from_create_ms"] is not None]
     prompt = [c["prompt_change_ms"] for c in clients if c["prompt_change_ms"] is not None]
     smooth = [c["gaps"]["no_burst_share"] for c in clients if c["gaps"]["no_burst_share"] is not None]
+    connect = [c["connect_ms"] for c in clients if c.get("connect_ms") is not None]
+    ratios = [r for s in connected if (r := block_ratio(s.get("server"))) is not None]
     return {
         "sessions_requested": len(sessions),
         "sessions_connected": len(connected),
@@ -226,6 +241,8 @@ def aggregate(sessions: Sequence[dict[str, Any]], pooled_latencies_ms: Sequence[
         "latency_ms": latency_summary(pooled_latencies_ms),
         "ttff_ms_max": float(max(ttff)) if ttff else None,
         "ttff_from_create_ms_max": float(max(ttff_create)) if ttff_create else None,
+        "connect_ms_max": float(max(connect)) if connect else None,
+        "block_ratio_max": float(max(ratios)) if ratios else None,
         "prompt_change_ms": {
             "mean": _mean(prompt),
             "max": float(max(prompt)) if prompt else None,
@@ -246,8 +263,9 @@ def _pct(fraction: float | None) -> float | None:
 
 
 MD_HEADER = (
-    "| session | clip | received fps | dropped % | latency p50 ms | latency p95 ms | TTFF ms | prompt-change ms |",
-    "|---|---|---:|---:|---:|---:|---:|---:|",
+    "| session | clip | received fps | dropped % | latency p50 ms | latency p95 ms | TTFF ms | connect ms | "
+    "prompt-change ms | block max/p50 |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 )
 
 
@@ -272,25 +290,28 @@ def markdown(report: dict[str, Any]) -> str:
         c = s.get("client") or {}
         if s["status"] != STATUS_CONNECTED or not c:
             error = str(s.get("error") or "").replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {session_name(s)} | {s['clip']} | {s['status']}: {error} ||||||")
+            lines.append(f"| {session_name(s)} | {s['clip']} | {s['status']}: {error} ||||||||")
             continue
         lat = c["latency_ms"]
         lines.append(
             f"| {session_name(s)} | {s['clip']} | {_cell(c['received_fps'], 1)} | "
             f"{_cell(_pct(c['dropped_fraction']), 1)} | {_cell(lat['p50'])} | {_cell(lat['p95'])} | "
-            f"{_cell(c['ttff_ms'])} | {_cell(c['prompt_change_ms'])} |"
+            f"{_cell(c['ttff_ms'])} | {_cell(c.get('connect_ms'))} | {_cell(c['prompt_change_ms'])} | "
+            f"{_cell(block_ratio(s.get('server')), 2)} |"
         )
     lat = agg["latency_ms"]
     lines += [
         f"| **total** ({agg['sessions_connected']}/{agg['sessions_requested']} connected) | | "
         f"{_cell(agg['received_fps_total'], 1)} | {_cell(agg['dropped_pct_mean'], 1)} | {_cell(lat['p50'])} | "
-        f"{_cell(lat['p95'])} | {_cell(agg['ttff_ms_max'])} | {_cell(agg['prompt_change_ms']['max'])} |",
+        f"{_cell(lat['p95'])} | {_cell(agg['ttff_ms_max'])} | {_cell(agg.get('connect_ms_max'))} | "
+        f"{_cell(agg['prompt_change_ms']['max'])} | {_cell(agg.get('block_ratio_max'), 2)} |",
         "",
         "Total row: received fps summed over sessions, dropped % their mean, latency over all frames of all "
         "sessions, TTFF and prompt-change the worst session. Received fps = output frames received in the "
         "steady window (warm-up after the first received frame until the end of sending) / its length; "
         "dropped = 1 − received / sent among the frames sent inside the window; latency = receive time − "
-        "send time of the input frame (paired by RTP timestamp); TTFF from the SDP answer.",
+        "send time of the input frame (paired by RTP timestamp); TTFF and connect (ICE + DTLS) from the SDP answer; "
+        "block max/p50: the server's slowest block after the session's first over its median block.",
     ]
     notes = list(report.get("notes") or [])
     if notes:

@@ -27,9 +27,32 @@ class TooLarge(SessionError):
     """Input over a configured size limit (413)."""
 
 
-class NoCapacity(SessionError):
-    """No worker can take another session now (503 with ``Retry-After``)."""
+class Unavailable(SessionError):
+    """The request cannot be served now; retry after ``retry_after_s`` (503 with ``Retry-After``).
+
+    ``code`` is the error code of the response body (``server.api.errors``).
+    """
+
+    code = "unavailable"
 
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NoCapacity(Unavailable):
+    """No worker can take another session now (503 with ``Retry-After``, code ``unavailable``)."""
+
+
+class StoreUnavailable(Unavailable):
+    """The session store (Redis) did not answer within its timeout, refused the connection or is loading
+    (503 with ``Retry-After``, code ``store_unavailable``). Nothing was reserved for the failed request."""
+
+    code = "store_unavailable"
+
+
+class NodeUnavailable(Unavailable):
+    """The node that serves the session did not receive a control message (it is re-subscribing to its
+    control channel after a store outage, or it is gone) (503 with ``Retry-After``, code ``node_unavailable``)."""
+
+    code = "node_unavailable"

@@ -38,6 +38,7 @@ from server.worker.pool import MAX_INFLIGHT_PER_SESSION, Geometry, WorkerPool
 log = logging.getLogger(__name__)
 
 _WINDOW = 300  # frames kept for rates and latency percentiles
+_BLOCK_WINDOW = 4096  # block times kept for the median (about 27 min of 12-frame blocks at 30 fps)
 
 StateCallback = Callable[[str, str, "str | None"], None]
 
@@ -56,6 +57,41 @@ class _Rate:
         if len(t) < 2 or t[-1] <= t[0]:
             return 0.0
         return (len(t) - 1) / (t[-1] - t[0])
+
+
+class BlockTimes:
+    """The model time of a session's blocks (``stage_ms.total`` of each, ms): the first block, the median and
+    the slowest of the later ones (the median over the last :data:`_BLOCK_WINDOW` blocks), to show stalls."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.later: collections.deque[float] = collections.deque(maxlen=_BLOCK_WINDOW)
+        self.max_after_first: float | None = None
+        self.slowest: dict[str, float | int] | None = None  # the slowest later block: its number, prune ratio
+        self.n = 0
+
+    def add(self, ms: float, prune_ratio: float = 0.0) -> None:
+        """Record one block's total (ms) and the share of its tokens LIPAR pruned."""
+        self.n += 1
+        if self.first is None:
+            self.first = ms
+            return
+        self.later.append(ms)
+        if self.max_after_first is None or ms > self.max_after_first:
+            self.max_after_first = ms
+            self.slowest = {"block": self.n, "prune_ratio": round(prune_ratio, 3)}
+
+    def summary(self) -> dict[str, Any]:
+        """``first``, ``p50`` (of the later blocks), ``max_after_first`` (ms, rounded to 0.01), ``slowest`` (that
+        block's number, 1-based, and prune ratio: a block LIPAR pruned less costs more) and ``n`` blocks."""
+        later = sorted(self.later)
+        return {
+            "first": None if self.first is None else round(self.first, 2),
+            "p50": round(later[len(later) // 2], 2) if later else None,
+            "max_after_first": None if self.max_after_first is None else round(self.max_after_first, 2),
+            "slowest": self.slowest,
+            "n": self.n,
+        }
 
 
 class LiveSession:
@@ -92,6 +128,7 @@ class LiveSession:
         self.frames_in = self.frames_out = self.blocks_out = 0
         self.dropped_in = self.dropped_out = 0
         self.stage_ms: dict[str, float] = {}
+        self.blocks_ms = BlockTimes()
         self.prune_ratio: float | None = None
         self.mask: dict[str, Any] | None = None  # the last block's token mask (schemas.BlockMask)
         self.control_id = 0
@@ -200,6 +237,8 @@ class LiveSession:
         self.out.put([OutFrame(frames[i], meta[i].pts, meta[i].time_base, meta[i].arrived) for i in range(n)])
         self.blocks_out += 1
         self.stage_ms = dict(msg.ms)
+        if "total" in msg.ms:
+            self.blocks_ms.add(msg.ms["total"], msg.prune_ratio)
         self.prune_ratio = msg.prune_ratio
         if msg.mask_grid is not None and msg.mask_bits is not None:
             self.mask = {"grid": list(msg.mask_grid), "bits": base64.b64encode(msg.mask_bits).decode("ascii")}
@@ -259,6 +298,7 @@ class LiveSession:
             "fps_out": round(self.rate_out.fps(now), 2),
             "latency_ms": pct,
             "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
+            "block_ms": self.blocks_ms.summary(),
             "prune_ratio": self.prune_ratio,
             "mask": self.mask,
             "frames_in": self.frames_in,

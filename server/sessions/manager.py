@@ -5,6 +5,16 @@ offers, forwards prompt and parameter changes (locally, or to the owner node thr
 channel), ends them on DELETE, idle timeout, worker crash or connection loss, and keeps their records' state
 and stats fresh in the store. A housekeeping task also heartbeats the node and marks the sessions of nodes
 whose heartbeat expired as ``failed``.
+
+Store outages degrade, never corrupt. A request whose store call fails (:class:`StoreUnavailable`: Redis
+refused, reset or did not answer within its timeout) answers 503 + ``Retry-After`` and keeps nothing it reserved
+(a worker slot, a live session; a record its creation may have written late is deleted once the store is back);
+live sessions keep streaming, and idle timeouts and failures still end sessions and free their slots (their
+final states are written once the store is back). The node is the source of truth for the sessions it serves:
+it keeps a copy of their records, serves GET/PATCH/DELETE of them from it when the store lost the record, and
+its housekeeping writes a lost record back (Redis restarted without persistence) unless the session was deleted
+on purpose (a tombstone: then the session ends here). After an outage the node waits one heartbeat TTL before it
+declares other nodes dead, so that nodes whose heartbeat lapsed during the outage can beat again.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import logging
 import time
 import uuid
@@ -23,7 +34,15 @@ from server.api.schemas import TERMINAL_STATES, SessionCreate, SessionPatch
 from server.metrics import Metrics
 from server.rtc.ice import rtc_configuration
 from server.rtc.peer import BadOffer
-from server.sessions.errors import BadRequest, Invalid, NoCapacity, NotFound, WrongState
+from server.sessions.errors import (
+    BadRequest,
+    Invalid,
+    NoCapacity,
+    NodeUnavailable,
+    NotFound,
+    StoreUnavailable,
+    WrongState,
+)
 from server.sessions.live import LiveSession
 from server.sessions.store import Record, SessionStore
 from server.settings import Settings
@@ -53,6 +72,17 @@ class SessionManager:
         # ids this node deleted (bounded; ids are never reused): a DELETE that read the record before another
         # DELETE removed it still answers 404
         self._deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # the last known record of every live session (written back when the store lost it)
+        self._records: dict[str, Record] = {}
+        # sessions whose lost record is being written back (an _end waits for it, then ends the record)
+        self._restoring: dict[str, asyncio.Event] = {}
+        # final fields of ended sessions that the store could not take (outage); written once it is back
+        self._pending: dict[str, Record] = {}
+        # ids of creations that failed on this side: the write may still reach the store (a paused Redis runs
+        # it when resumed), so the housekeeping deletes them (with a tombstone) once the store answers
+        self._abandoned: dict[str, None] = {}
+        self._store_down_since: float | None = None  # monotonic time the housekeeping first failed
+        self._store_back_at = float("-inf")  # monotonic time the store answered again after an outage
         pool.on_block = self._on_block
         pool.on_error = self._on_worker_error
         pool.on_lost = self._on_worker_lost
@@ -69,8 +99,8 @@ class SessionManager:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sid in list(self.live):
-            await self._end(sid, "closed", "the server shut down")
+        # concurrently: with the store down each final write waits for its timeout
+        await asyncio.gather(*(self._end(sid, "closed", "the server shut down") for sid in list(self.live)))
 
     # ---- API operations --------------------------------------------------------------------------------
     async def create(self, req: SessionCreate) -> Record:
@@ -115,7 +145,20 @@ class SessionManager:
             "updated_at": now,
             "stats": self.live[sid].stats() if sid in self.live else {},
         }
-        await self.store.create(record)
+        try:
+            await self.store.create(record)
+        except BaseException:
+            # nothing stays reserved for a request that failed (store unavailable, cancelled)
+            live = self.live.pop(sid, None)
+            if live is not None:
+                self.pool.close_session(sid)
+                await live.close()
+            self._abandoned[sid] = None
+            while len(self._abandoned) > _DELETED_KEPT:
+                self._abandoned.pop(next(iter(self._abandoned)))
+            raise
+        if sid in self.live:
+            self._records[sid] = copy.deepcopy(record)
         self.metrics.sessions_created.inc()
         log.info("session %s created for node %s", sid, node_id)
         return record
@@ -138,9 +181,16 @@ class SessionManager:
         ]
         return max(others, key=lambda n: (n["free"], n["node_id"]), default=None)
 
+    def _local_record(self, session_id: str) -> Record | None:
+        """This node's copy of a live session's record (the store may have lost it), or None."""
+        live, r = self.live.get(session_id), self._records.get(session_id)
+        if live is None or r is None or live.closed:
+            return None
+        return {**copy.deepcopy(r), "state": live.state, "reason": None}
+
     async def get(self, session_id: str) -> Record:
-        """The record, with live stats when this node owns the session."""
-        r = await self.store.get(session_id)
+        """The record, with live stats when this node owns the session (from its copy if the store lost it)."""
+        r = await self.store.get(session_id) or self._local_record(session_id)
         if r is None:
             raise NotFound(f"no session {session_id}")
         live = self.live.get(session_id)
@@ -149,8 +199,12 @@ class SessionManager:
         return r
 
     async def list_all(self) -> list[Record]:
-        """Every session known to the store (all nodes), with live stats for local ones."""
+        """Every session known to the store (all nodes) and every live local one, with live stats for those."""
         out = await self.store.list_all()
+        listed = {r["id"] for r in out}
+        lost = [r for sid in self.live if sid not in listed and (r := self._local_record(sid)) is not None]
+        if lost:  # records the store lost and the housekeeping has not written back yet
+            out = sorted(out + lost, key=lambda r: r["created_at"])
         for r in out:
             live = self.live.get(r["id"])
             if live is not None:
@@ -173,6 +227,7 @@ class SessionManager:
                 self.metrics.sessions_rejected.inc()
                 raise NoCapacity("this node filled up since the session was placed here; retry later", 10)
             live = self.live[session_id] = self._new_live(session_id, r["prompt"])
+            self._records[session_id] = copy.deepcopy(r)
         if live is None or r["state"] in TERMINAL_STATES:
             raise WrongState(f"session {session_id} is {r['state']}: create a new session")
         if r["state"] != "created" or live.peer is not None or session_id in self._answering:
@@ -191,7 +246,7 @@ class SessionManager:
             raise Invalid(
                 f"prompt: {len(req.prompt)} characters is over the limit of {self.settings.max_prompt_chars}"
             )
-        r = await self.store.get(session_id)
+        r = await self.store.get(session_id) or self._local_record(session_id)
         if r is None:
             raise NotFound(f"no session {session_id}")
         if r["state"] in TERMINAL_STATES:
@@ -199,20 +254,31 @@ class SessionManager:
         fields: Record = {k: v for k, v in req.model_dump(exclude_unset=True).items() if v is not None}
         control = req.model_dump(exclude_unset=True)
         if r["node_id"] == self.node_id:
+            # the record first: when the store fails, nothing has changed
+            updated = await self.store.update(session_id, fields)
+            if updated is None and session_id not in self.live:
+                raise NotFound(f"no session {session_id}")
             self._apply_control(session_id, control)
+            if updated is not None and session_id in self._records:
+                self._records[session_id] = updated
         else:
-            await self.store.publish_control(
+            receivers = await self.store.publish_control(
                 r["node_id"], {"op": "patch", "session_id": session_id, **control}
             )
-        updated = await self.store.update(session_id, fields)
-        if updated is None:
-            raise NotFound(f"no session {session_id}")
+            if receivers == 0:
+                raise NodeUnavailable(
+                    f"node {r['node_id']} that serves session {session_id} is not listening for changes now "
+                    "(reconnecting to the session store, or gone); retry shortly",
+                    retry_after_s=2,
+                )
+            if await self.store.update(session_id, fields) is None:
+                raise NotFound(f"no session {session_id}")
         return await self.get(session_id)
 
     async def delete(self, session_id: str) -> None:
         """End the session and free its worker state; the record is removed. Of concurrent DELETEs of one
         session, one ends it (204) and the others find no session (404)."""
-        r = await self.store.get(session_id)
+        r = await self.store.get(session_id) or self._local_record(session_id)
         if r is None or session_id in self._deleting or session_id in self._deleted:
             raise NotFound(f"no session {session_id}")
         self._deleting.add(session_id)
@@ -225,17 +291,35 @@ class SessionManager:
             self._deleting.discard(session_id)
 
     async def _delete(self, session_id: str, r: Record) -> None:
+        # the record (and its tombstone) first: when the store fails, nothing has changed; once the tombstone
+        # is written the owner ends the session even if it misses the control message (its housekeeping finds
+        # the record gone and the tombstone)
+        await self.store.delete(session_id)
         if r["node_id"] == self.node_id:
             await self._end(session_id, "closed", "deleted by the client", keep_record=False)
-        else:
-            await self.store.publish_control(r["node_id"], {"op": "delete", "session_id": session_id})
-        await self.store.delete(session_id)
+            return
+        try:
+            receivers = await self.store.publish_control(
+                r["node_id"], {"op": "delete", "session_id": session_id}
+            )
+        except StoreUnavailable:
+            receivers = 0
+        if receivers == 0:
+            log.warning(
+                "session %s deleted; its node %s did not get the message now and ends it when its housekeeping "
+                "finds the tombstone",
+                session_id,
+                r["node_id"],
+            )
 
     # ---- control plumbing ------------------------------------------------------------------------------
     def _apply_control(self, session_id: str, control: dict[str, Any]) -> None:
         live = self.live.get(session_id)
         if live is None:
             return
+        record = self._records.get(session_id)
+        if record is not None:
+            record.update({k: v for k, v in control.items() if v is not None})
         prompt = control.get("prompt")
         cid = live.next_control_id(prompt)
         if prompt is not None:
@@ -302,8 +386,15 @@ class SessionManager:
     def _forget(self, task: asyncio.Task[Any]) -> None:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("session task failed", exc_info=task.exception())
+        if task.cancelled():
+            return
+        e = task.exception()
+        if isinstance(e, StoreUnavailable):
+            log.warning(
+                "a session update was not stored (the store is unavailable); the housekeeping re-syncs"
+            )
+        elif e is not None:
+            log.error("session task failed", exc_info=e)
 
     async def _fail(self, session_id: str, reason: str, cause: str) -> None:
         if session_id in self.live:
@@ -313,20 +404,60 @@ class SessionManager:
 
     async def _end(self, session_id: str, state: str, reason: str | None, keep_record: bool = True) -> None:
         live = self.live.pop(session_id, None)
+        self._records.pop(session_id, None)
         self.pool.close_session(session_id)
         stats = None
         if live is not None:
             await live.close()
             stats = live.stats()
             stats["state"] = state
+        if live is not None:
+            log.info("session %s %s: %s", session_id, state, reason)
         if keep_record:
             fields: Record = {"state": state, "reason": reason}
             if stats is not None:
                 fields["stats"] = stats
-            if await self.store.update(session_id, fields) is not None:
-                await self.store.expire(session_id, self.settings.record_ttl_s)
-        if live is not None:
-            log.info("session %s %s: %s", session_id, state, reason)
+            restoring = self._restoring.get(session_id)
+            if restoring is not None:
+                await restoring.wait()  # its lost record is being written back: then end that record
+            try:
+                await self._write_final(session_id, fields)
+            except StoreUnavailable:
+                self._pending[session_id] = fields
+                log.warning("session %s %s; its record is updated once the store is back", session_id, state)
+
+    async def _write_final(self, session_id: str, fields: Record) -> None:
+        """Write a finished session's state and let its record expire (nothing if the record is gone)."""
+        if await self.store.update(session_id, fields) is not None:
+            await self.store.expire(session_id, self.settings.record_ttl_s)
+        self._pending.pop(session_id, None)
+
+    async def _write_back(self, session_id: str, live: LiveSession) -> None:
+        """The store has no record of a live session of this node: write it back from this node's copy (the
+        store lost it: Redis restarted without persistence, was flushed or evicted it), or end the session if
+        it was deleted on purpose (a tombstone: deleted through another node whose message did not come)."""
+        base = self._records.get(session_id)
+        if base is None or session_id in self._restoring:
+            return
+        record = {
+            **base,
+            "state": live.state,
+            "reason": None,
+            "stats": live.stats(),
+            "updated_at": time.time(),
+        }
+        done = self._restoring[session_id] = asyncio.Event()
+        try:
+            outcome = await self.store.restore(record)
+        finally:
+            del self._restoring[session_id]
+            done.set()
+        if outcome == "restored":
+            log.warning(
+                "session %s: the store had lost its record (Redis restarted empty?); written back", session_id
+            )
+        elif outcome == "deleted" and self.live.get(session_id) is live:
+            await self._end(session_id, "closed", "deleted by the client", keep_record=False)
 
     # ---- housekeeping ----------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -362,21 +493,30 @@ class SessionManager:
         while True:
             try:
                 await self._tick(beat_every)
+                if self._store_down_since is not None:
+                    log.info(
+                        "session store reachable again after %.1f s",
+                        time.monotonic() - self._store_down_since,
+                    )
+                    self._store_down_since, self._store_back_at = None, time.monotonic()
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as e:
+                if self._store_down_since is None:
+                    self._store_down_since = time.monotonic()
+                    self._last_beat = float("-inf")  # announce this node as soon as the store is back
+                    log.warning(
+                        "session store unavailable (%s): the API answers 503 + Retry-After until it is back; "
+                        "live sessions keep streaming",
+                        e.__cause__ or e,
+                    )
             except Exception:
                 log.exception("housekeeping failed; retrying")
             await asyncio.sleep(_HOUSEKEEPING_S)
 
     async def _tick(self, beat_every: float) -> None:
         now = time.monotonic()
-        for sid, live in list(self.live.items()):
-            if now - live.last_activity > self.settings.idle_timeout_s:
-                await self._end(
-                    sid, "closed", f"idle timeout: no video for {self.settings.idle_timeout_s:g} s"
-                )
-            else:
-                await self.store.update(sid, {"stats": live.stats(), "state": live.state})
+        # gauges first: the store calls below fail during an outage
         states = [lv.state for lv in self.live.values()]
         self.metrics.sessions_active.set(states.count("streaming"))
         self.metrics.sessions_queued.set(states.count("created") + states.count("connecting"))
@@ -384,9 +524,34 @@ class SessionManager:
         self.metrics.queue_frames.labels(queue="outbound").set(
             sum(lv.out.queued for lv in self.live.values())
         )
+        for sid, live in list(self.live.items()):  # idle timeouts (during an outage too: _end never raises)
+            if sid not in self._deleting and now - live.last_activity > self.settings.idle_timeout_s:
+                await self._end(
+                    sid, "closed", f"idle timeout: no video for {self.settings.idle_timeout_s:g} s"
+                )
+        for sid in list(self._abandoned):  # creations that failed here must not appear late
+            await self.store.delete(sid)
+            self._abandoned.pop(sid, None)
+        for sid, fields in list(self._pending.items()):  # final states the store missed during an outage
+            await self._write_final(sid, fields)
+        for sid, live in list(self.live.items()):
+            if sid in self._deleting or self.live.get(sid) is not live:
+                continue
+            record = await self.store.update(sid, {"stats": live.stats(), "state": live.state})
+            if self.live.get(sid) is not live or sid in self._deleting:
+                continue  # ended or being deleted meanwhile
+            if record is not None:
+                self._records[sid] = record
+            else:
+                await self._write_back(sid, live)
         if now - self._last_beat >= beat_every:
             await self._heartbeat()
             await self._expire_unclaimed()
+            if (
+                self._store_down_since is not None
+                or now - self._store_back_at < self.settings.heartbeat_ttl_s
+            ):
+                return  # right after an outage: other nodes may not have beaten again yet
             for node_id, sid in await self.store.orphans():
                 if node_id == self.node_id:
                     continue

@@ -6,7 +6,7 @@ import copy
 import time
 from typing import Any
 
-from server.sessions.store import ControlHandler, Record, SessionStore
+from server.sessions.store import TOMBSTONE_TTL_S, ControlHandler, Record, RestoreOutcome, SessionStore
 
 
 class MemoryStore(SessionStore):
@@ -19,18 +19,23 @@ class MemoryStore(SessionStore):
         self._expiry: dict[str, float] = {}
         self._handlers: dict[str, ControlHandler] = {}
         self._nodes: dict[str, tuple[float, Record]] = {}
+        self._tombstones: dict[str, float] = {}  # deleted session id -> monotonic expiry
 
     def _purge(self) -> None:
         now = time.monotonic()
         for sid in [s for s, t in self._expiry.items() if t <= now]:
             self._records.pop(sid, None)
             self._expiry.pop(sid, None)
+        for sid in [s for s, t in self._tombstones.items() if t <= now]:
+            del self._tombstones[sid]
 
     async def ping(self) -> bool:
         return True
 
     async def create(self, record: Record) -> None:
-        self._records[record["id"]] = copy.deepcopy(record)
+        self._purge()
+        if record["id"] not in self._tombstones:
+            self._records[record["id"]] = copy.deepcopy(record)
 
     async def get(self, session_id: str) -> Record | None:
         self._purge()
@@ -51,8 +56,20 @@ class MemoryStore(SessionStore):
         return copy.deepcopy(r)
 
     async def delete(self, session_id: str) -> bool:
+        self._purge()
         self._expiry.pop(session_id, None)
+        self._tombstones[session_id] = time.monotonic() + TOMBSTONE_TTL_S
         return self._records.pop(session_id, None) is not None
+
+    async def restore(self, record: Record) -> RestoreOutcome:
+        self._purge()
+        sid = record["id"]
+        if sid in self._records:
+            return "present"
+        if sid in self._tombstones:
+            return "deleted"
+        self._records[sid] = copy.deepcopy(record)
+        return "restored"
 
     async def expire(self, session_id: str, ttl_s: float) -> None:
         if session_id in self._records:
@@ -65,10 +82,12 @@ class MemoryStore(SessionStore):
         now = time.monotonic()
         return [dict(n) for t, n in self._nodes.values() if t > now]
 
-    async def publish_control(self, node_id: str, message: Record) -> None:
+    async def publish_control(self, node_id: str, message: Record) -> int:
         handler = self._handlers.get(node_id)
-        if handler is not None:
-            await handler(message)
+        if handler is None:
+            return 0
+        await handler(message)
+        return 1
 
     async def subscribe_controls(self, node_id: str, handler: ControlHandler) -> None:
         self._handlers[node_id] = handler

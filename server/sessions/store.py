@@ -3,16 +3,27 @@
 Runs in the server process (asyncio). A record is a flat JSON-able ``dict`` with the fields of
 ``server.api.schemas.Session``; :meth:`SessionStore.update` changes named fields only, so the owner node's
 stats updates and another node's PATCH never overwrite each other.
+
+Outages: every method but :meth:`SessionStore.ping` raises :class:`~server.sessions.errors.StoreUnavailable`
+when the store cannot be reached within its timeout (the API answers 503 + ``Retry-After``). The node that owns
+a live session is the source of truth for it: when the store lost the record (Redis restarted without
+persistence, flushed, evicted), the owner writes it back with :meth:`SessionStore.restore`; a record deleted on
+purpose leaves a tombstone for a while so that it is never written back.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 Record = dict[str, Any]
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+RestoreOutcome = Literal["present", "restored", "deleted"]
+
+# how long a deleted session's tombstone is kept: a live session whose record is missing and has a tombstone
+# was deleted on purpose (its owner ends it), without one its record was lost (its owner writes it back)
+TOMBSTONE_TTL_S = 600.0
 
 
 class SessionStore(ABC):
@@ -32,7 +43,8 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def create(self, record: Record) -> None:
-        """Store a new record (``record["id"]`` is fresh)."""
+        """Store a new record (``record["id"]`` is fresh); nothing if the id has a tombstone (a creation that
+        failed on this side may reach the store late, after the node deleted it)."""
 
     @abstractmethod
     async def get(self, session_id: str) -> Record | None:
@@ -48,7 +60,13 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def delete(self, session_id: str) -> bool:
-        """Remove the record; False if it did not exist."""
+        """Remove the record and leave a tombstone (:data:`TOMBSTONE_TTL_S`); False if it did not exist."""
+
+    @abstractmethod
+    async def restore(self, record: Record) -> RestoreOutcome:
+        """Write back the record of a live session if the store lost it, atomically: ``present`` (the record
+        exists; nothing written), ``deleted`` (absent with a tombstone: it was deleted on purpose; nothing
+        written) or ``restored`` (absent without a tombstone: written, with its index entries)."""
 
     @abstractmethod
     async def expire(self, session_id: str, ttl_s: float) -> None:
@@ -63,12 +81,16 @@ class SessionStore(ABC):
         """Nodes with a live heartbeat."""
 
     @abstractmethod
-    async def publish_control(self, node_id: str, message: Record) -> None:
-        """Deliver a control message to the node that owns a session."""
+    async def publish_control(self, node_id: str, message: Record) -> int:
+        """Deliver a control message to the node that owns a session; the number of subscribers that got it
+        (0: the node is not listening now)."""
 
     @abstractmethod
     async def subscribe_controls(self, node_id: str, handler: ControlHandler) -> None:
-        """Call ``handler`` for every control message addressed to ``node_id`` (until :meth:`close`)."""
+        """Call ``handler`` for every control message addressed to ``node_id`` (until :meth:`close`).
+
+        The subscription survives store outages: it is re-established once the store answers again (a
+        restarted Redis forgets its subscribers)."""
 
     @abstractmethod
     async def orphans(self) -> list[tuple[str, str]]:

@@ -146,7 +146,12 @@ class WorkerMemory:
 
 @dataclass(frozen=True)
 class WorkerLoad:
-    """How busy the worker was since its previous report (sent about once a second, between blocks).
+    """How busy the worker was since its previous report; also the worker's heartbeat.
+
+    Sent by the worker's main loop (never by a helper thread) every heartbeat interval (1 s by default, shorter
+    for short liveness limits): between blocks, and after idle waits, which never last longer than the
+    interval. A worker stuck in one block, a device call or a deadlock stops sending it, and the pool declares a
+    ready worker silent beyond ``LIPAR_WORKER_LIVENESS_TIMEOUT_S`` hung (:mod:`server.worker.pool`).
 
     ``busy_ratio``: the fraction of the ``interval_s`` seconds of wall time the worker was NOT idle-waiting for
     messages (0..1): blocks, controls, copies and their overheads all count as busy. ``blocks``: blocks it

@@ -15,7 +15,23 @@ Runs in the server process. Who runs what:
 
 A worker that exits unexpectedly (non-zero exit code, killed, vanished) has its sessions reported lost (the
 session manager marks them ``failed`` with the reason), ``worker_restarts`` increments and a new process is
-started, with exponential backoff if it keeps dying (no restart loops).
+started: at once after a single failure, then with exponential back-off (1 s, 2 s, 4 s, … up to
+``backoff_max_s``) while failures follow one another (:func:`restart_delay`; a worker that stayed ready for
+:data:`STABLE_S` starts the count afresh). A worker that fails to *start* (exits, or misses
+``start_timeout_s``, before its model is loaded) ``max_start_failures`` times in a row is given up: its state
+is ``failed``, ``/readyz`` reports it with its last error and it is not started again until the server restarts
+(a preset that cannot load must not spin forever).
+
+Liveness: a ready worker's main loop sends its load report (:class:`~server.worker.messages.WorkerLoad`, the
+heartbeat) about every second, a quarter of the limit when that is shorter (:mod:`server.worker.process`); the
+reader thread stamps the arrival of every message of the worker.
+A task on the event loop checks the stamps: a ready worker silent for longer than ``liveness_timeout_s``
+(stopped, deadlocked, stuck in a device call) is declared hung. Its sessions are reported lost at once with
+the reason (``worker 0 on cuda:0 unresponsive: …``), ``lipar_worker_hangs_total`` increments, the process is
+killed (SIGKILL also ends a stopped process) and the watcher restarts it like any other exit. The check does
+not run while a worker loads its model: that is ``start_timeout_s``'s job. Per-worker ``state`` in
+:meth:`WorkerPool.status`: ``starting`` (loading the model), ``ready``, ``hung`` (being killed),
+``restarting`` (waiting out the back-off), ``failed`` (given up), ``stopped``.
 
 Workers report their load (:class:`~server.worker.messages.WorkerLoad`) about once a second: ``status()`` gives
 ``busy`` (fraction of wall time not idle-waiting) and ``blocks_per_s`` per worker, and the gauge
@@ -55,7 +71,20 @@ log = logging.getLogger(__name__)
 #: the worker still always has work: one block per session).
 MAX_INFLIGHT_PER_SESSION = 1
 _POLL_S = 0.25
-_BACKOFF_MAX_S = 30.0
+_BACKOFF_BASE_S = 1.0
+#: a worker that was ready this long before it exited counts as healthy: its next failure restarts at once
+STABLE_S = 60.0
+
+
+def restart_delay(failures_in_row: int, ceiling_s: float, base_s: float = _BACKOFF_BASE_S) -> float:
+    """Seconds to wait before restarting a worker that has now failed ``failures_in_row`` times in a row.
+
+    The first failure restarts at once (a one-off crash or hang should cost no more than a model load); then
+    ``base_s``, ``2·base_s``, ``4·base_s``, … never more than ``ceiling_s``.
+    """
+    if failures_in_row <= 1:
+        return 0.0
+    return float(min(ceiling_s, base_s * 2.0 ** min(failures_in_row - 2, 30)))
 
 
 @dataclass
@@ -83,7 +112,11 @@ class _Worker:
     sessions: set[str] = field(default_factory=set)
     last_error: str | None = None
     restarts: int = 0
-    started_at: float = 0.0
+    state: str = "starting"  # starting | ready | hung | restarting | failed | stopped (see the module doc)
+    ready_at: float | None = None  # when this process reported its model loaded (None: not yet)
+    last_seen: float = 0.0  # monotonic time the reader received this process's latest message
+    failures_in_row: int = 0  # exits without a healthy stretch of STABLE_S in between (back-off)
+    start_failures: int = 0  # exits before the model loaded, in a row (give up at max_start_failures)
     settled_rss_bytes: int | None = None
     busy: float | None = None  # fraction of wall time not idle-waiting, last report
     blocks_per_s: float | None = None  # blocks finished per second, last report
@@ -108,18 +141,45 @@ class WorkerPool:
         factory: str = DEFAULT_FACTORY,
         log_level: str = "INFO",
         start_timeout_s: float = 180.0,
+        liveness_timeout_s: float = 15.0,
+        max_start_failures: int = 5,
+        backoff_max_s: float = 30.0,
     ) -> None:
+        """The pool (no process starts before :meth:`start`).
+
+        Args:
+            config: model preset name or YAML path, loaded by every worker.
+            devices: one worker per device (``cpu``, ``cuda:N``).
+            sessions_per_worker: admission limit per worker.
+            metrics: where the pool's gauges and counters go.
+            factory: import path of the worker's editor factory.
+            log_level: the workers' logging level.
+            start_timeout_s: model load budget per start; a worker over it is killed (a failed start).
+            liveness_timeout_s: longest silence of a ready worker before it is declared hung; 0: no check.
+            max_start_failures: failed starts in a row before a worker is given up (state ``failed``).
+            backoff_max_s: ceiling of the restart back-off.
+        """
         self.config, self.factory, self.log_level = config, factory, log_level
         self.start_timeout_s = start_timeout_s
+        self.liveness_timeout_s = liveness_timeout_s
+        self.max_start_failures = max_start_failures
+        self.backoff_max_s = backoff_max_s
+        # beats 4+ times per limit (at most once a second): one late beat never trips the check
+        self.heartbeat_interval_s = min(1.0, liveness_timeout_s / 4) if liveness_timeout_s > 0 else 1.0
         self.capacity = sessions_per_worker
         self.metrics = metrics
         self.workers = [_Worker(i, d) for i, d in enumerate(devices)]
+        # the per-device series exist from the start (at 0): rate() and increase() then see the first event
+        for d in devices:
+            metrics.worker_restarts.labels(device=d)
+            metrics.worker_hangs.labels(device=d)
         self._ctx = mp.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: dict[str, _Worker] = {}
         self._slots: dict[str, set[int]] = {}
         self._stopping = False
         self._watcher: threading.Thread | None = None
+        self._liveness: asyncio.Task[None] | None = None
         self._lag = LoopLagProbe(metrics.event_loop_lag)
         self._ready_event = asyncio.Event()
         self.on_block: BlockCallback = lambda sid, msg, frames: None
@@ -136,6 +196,8 @@ class WorkerPool:
         self._watcher = threading.Thread(target=self._watch, name="worker-watcher", daemon=True)
         self._watcher.start()
         self._lag.start()
+        if self.liveness_timeout_s > 0:
+            self._liveness = self._loop.create_task(self._check_liveness(), name="worker-liveness")
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until every worker has loaded its model (or ``timeout`` seconds)."""
@@ -149,8 +211,15 @@ class WorkerPool:
         """Ask every worker to stop, wait for them (then kill stragglers) and free the shared memory."""
         self._stopping = True
         await self._lag.stop()
+        if self._liveness is not None:
+            self._liveness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._liveness
+            self._liveness = None
         for w in self.workers:
             w.stopping = True
+            if w.state != "failed":
+                w.state = "stopped"
             if w.proc is not None and w.proc.is_alive():
                 with contextlib.suppress(OSError, ValueError):
                     w.ctrl.put(m.Stop())
@@ -180,21 +249,30 @@ class WorkerPool:
 
     @property
     def ready(self) -> bool:
-        """Every worker has its model loaded."""
+        """Every worker has its model loaded (and none is hung, restarting or given up)."""
         return all(w.ready for w in self.workers)
 
     def status(self) -> list[dict[str, Any]]:
-        """Per-worker state for ``/readyz``."""
+        """Per-worker state for ``/readyz``.
+
+        ``state`` is one of ``starting``, ``ready``, ``hung``, ``restarting``, ``failed`` (given up after
+        ``start_failures`` failed starts in a row; ``last_error`` says why), ``stopped``; ``heartbeat_age_s`` is
+        the time since the worker's latest message while it is ready (null otherwise).
+        """
+        now = time.monotonic()
         return [
             {
                 "index": w.index,
                 "device": w.device,
+                "state": w.state,
                 "ready": w.ready,
                 "pid": w.proc.pid if w.proc is not None else None,
                 "sessions": len(w.sessions),
                 "capacity": self.capacity,
                 "restarts": w.restarts,
+                "start_failures": w.start_failures,
                 "last_error": w.last_error,
+                "heartbeat_age_s": round(max(0.0, now - w.last_seen), 2) if w.ready else None,
                 "settled_rss_mb": (
                     round(w.settled_rss_bytes / 2**20, 1) if w.settled_rss_bytes is not None else None
                 ),
@@ -296,17 +374,27 @@ class WorkerPool:
     def _spawn(self, w: _Worker) -> None:
         w.generation += 1
         w.ready = False
+        w.state = "starting"
+        w.ready_at = None
         w.settled_rss_bytes = None
         w.busy = w.blocks_per_s = None
         w.ctrl, w.results = self._ctx.Queue(), self._ctx.Queue()
         w.proc = self._ctx.Process(
             target=worker_main,
-            args=(w.index, w.device, self.config, self.factory, w.ctrl, w.results, self.log_level),
+            args=(
+                w.index,
+                w.device,
+                self.config,
+                self.factory,
+                w.ctrl,
+                w.results,
+                self.log_level,
+                self.heartbeat_interval_s,
+            ),
             name=f"lipar-worker-{w.index}",
             daemon=True,
         )
         w.proc.start()
-        w.started_at = time.monotonic()
         log.info(
             "started worker %d on %s (pid %s, generation %d)", w.index, w.device, w.proc.pid, w.generation
         )
@@ -328,16 +416,23 @@ class WorkerPool:
     def _read(self, w: _Worker, generation: int, results: Any) -> None:
         """Reader thread: forward the worker's messages into the event loop until it is replaced.
 
-        A ``BlockDone``'s frames are copied out of the slab here, before the message is forwarded.
+        Every message stamps ``w.last_seen`` (here, not on the loop: a busy loop must not make a live worker
+        look silent). After the process is replaced the reader still drains what it sent before it died (a
+        ``WorkerFailed`` naming why it could not start), then stops. A ``BlockDone``'s frames are copied out of
+        the slab here, before the message is forwarded.
         """
         assert self._loop is not None
-        while not self._stopping and w.generation == generation:
+        while not self._stopping:
             try:
                 msg = results.get(timeout=_POLL_S)
             except queue.Empty:
+                if w.generation != generation:
+                    return
                 continue
             except (EOFError, OSError, ValueError):
                 return
+            if w.generation == generation:
+                w.last_seen = time.monotonic()
             frames = self._copy_out(w, msg) if isinstance(msg, m.BlockDone) else None
             try:
                 self._loop.call_soon_threadsafe(self._dispatch, w, generation, msg, frames)
@@ -391,6 +486,11 @@ class WorkerPool:
         self, w: _Worker, generation: int, msg: m.FromWorker, frames: np.ndarray | None = None
     ) -> None:
         """Event loop: act on one message of a worker (``frames``: a ``BlockDone``'s, copied by the reader)."""
+        if isinstance(msg, m.WorkerFailed):  # may come after its process's exit was handled: keep the reason
+            if generation == w.generation or not w.ready:
+                w.last_error = msg.message
+                log.error("worker %d failed to start: %s", w.index, msg.message)
+            return
         if generation != w.generation:
             return
         if isinstance(msg, m.BlockDone):
@@ -415,9 +515,6 @@ class WorkerPool:
             w.busy = msg.busy_ratio
             w.blocks_per_s = msg.blocks / msg.interval_s if msg.interval_s > 0 else 0.0
             self.metrics.worker_busy.labels(worker=str(w.index)).set(msg.busy_ratio)
-        elif isinstance(msg, m.WorkerFailed):
-            w.last_error = msg.message
-            log.error("worker %d failed to start: %s", w.index, msg.message)
 
     def _free(self, w: _Worker, session_id: str, slots: tuple[int, ...]) -> None:
         owned = self._slots.get(session_id)
@@ -445,6 +542,9 @@ class WorkerPool:
         w.free_slots = list(range(n_slots))
         self._send(w, m.AttachSlab(w.slab.name, n_slots, slot_frames))
         w.ready = True
+        w.state = "ready"
+        w.ready_at = w.last_seen = time.monotonic()
+        w.start_failures = 0
         w.last_error = None
         log.info(
             "worker %d ready on %s: %d frames per block at %dx%d",
@@ -458,6 +558,49 @@ class WorkerPool:
         if self.ready:
             self._ready_event.set()
 
+    def _drop_sessions(self, w: _Worker) -> set[str]:
+        """Forget every session placed on ``w`` (its worker state is gone); return their ids."""
+        lost = set(w.sessions)
+        for sid in lost:
+            self._owner.pop(sid, None)
+            self._slots.pop(sid, None)
+        w.sessions.clear()
+        return lost
+
+    def _not_serving(self, w: _Worker, state: str) -> None:
+        """``w`` no longer serves (``state`` says why): readiness and the gauges follow."""
+        w.ready = False
+        w.state = state
+        self._ready_event.clear()
+        self.metrics.workers_up.set(sum(x.ready for x in self.workers))
+        self.metrics.workers_failed.set(sum(x.state == "failed" for x in self.workers))
+
+    async def _check_liveness(self) -> None:
+        """Event loop task: declare hung every ready worker silent for longer than ``liveness_timeout_s``."""
+        interval = min(0.5, self.liveness_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for w in self.workers:
+                if w.state != "ready" or w.stopping or w.proc is None:
+                    continue
+                silence = now - w.last_seen
+                if silence > self.liveness_timeout_s:
+                    self._on_hung(w, silence)
+
+    def _on_hung(self, w: _Worker, silence: float) -> None:
+        """Fail the sessions of a silent worker now, with the reason, and kill it (the watcher restarts it)."""
+        assert w.proc is not None
+        w.last_error = f"unresponsive: no heartbeat for {silence:.1f} s (limit {self.liveness_timeout_s:g} s)"
+        reason = f"worker {w.index} on {w.device} {w.last_error}; killed and restarted"
+        log.error("%s (pid %s)", reason, w.proc.pid)
+        self.metrics.worker_hangs.labels(device=w.device).inc()
+        lost = self._drop_sessions(w)
+        self._not_serving(w, "hung")
+        if lost:
+            self.on_lost(lost, reason)
+        w.proc.kill()  # SIGKILL ends a stopped (SIGSTOP) process too
+
     def _on_exit(self, w: _Worker, generation: int) -> None:
         if generation != w.generation or self._stopping or w.stopping:
             return
@@ -469,26 +612,31 @@ class WorkerPool:
             reason = f"worker {w.index} on {w.device} was killed by signal {-code}"
         if w.last_error:
             reason += f": {w.last_error}"
-        log.error("%s; restarting it", reason)
-        lost = set(w.sessions)
-        for sid in lost:
-            self._owner.pop(sid, None)
-            self._slots.pop(sid, None)
-        w.sessions.clear()
-        w.ready = False
-        w.restarts += 1
-        self.metrics.worker_restarts.labels(device=w.device).inc()
-        self.metrics.workers_up.set(sum(x.ready for x in self.workers))
-        self._ready_event.clear()
-        for q in (w.ctrl, w.results):
-            q.close()
-            q.cancel_join_thread()
-        if lost:
-            self.on_lost(lost, reason)
-        quick = time.monotonic() - w.started_at < 10.0
-        delay = min(_BACKOFF_MAX_S, 0.5 * 2 ** min(w.restarts, 6)) if quick else 0.0
+        loaded = w.ready_at is not None
+        if w.ready_at is not None and time.monotonic() - w.ready_at >= STABLE_S:
+            w.failures_in_row = 0  # it had been serving fine: this failure starts a new sequence
+        w.failures_in_row += 1
+        w.start_failures = 0 if loaded else w.start_failures + 1
+        lost = self._drop_sessions(w)
+        w.ctrl.close()
+        w.ctrl.cancel_join_thread()  # the results queue is the reader's: it drains what the process left
         w.proc = None  # the watcher must not report this death twice
         w.generation += 1  # invalidate the old reader; _spawn bumps it again
+        give_up = w.start_failures >= self.max_start_failures
+        self._not_serving(w, "failed" if give_up else "restarting")
+        if lost:
+            self.on_lost(lost, reason)
+        if give_up:
+            log.error(
+                "%s; it failed to start %d times in a row: giving up on it (fix the cause and restart the server)",
+                reason,
+                w.start_failures,
+            )
+            return
+        delay = restart_delay(w.failures_in_row, self.backoff_max_s)
+        log.error("%s; restarting it in %.1f s", reason, delay)
+        w.restarts += 1
+        self.metrics.worker_restarts.labels(device=w.device).inc()
         assert self._loop is not None
         self._loop.call_later(delay, self._respawn, w, w.generation)
 

@@ -14,6 +14,13 @@ Load: the loop measures the wall time it spends idle-waiting for messages (the b
 is waiting) and counts finished blocks; about once a second, between blocks, it reports the busy fraction of the
 interval and the block count (:class:`~server.worker.messages.WorkerLoad`). Only the main thread of the worker
 touches these counters, so the hot path gains two clock reads per idle wait and nothing else.
+
+Liveness: the load report is the worker's heartbeat. The loop itself sends it every heartbeat interval
+(between blocks, and after every idle wait, which never lasts longer than the interval). No helper thread
+beats: a thread would keep beating while the main thread hangs in a device call or a deadlock, hiding exactly
+the hang the pool must see. The pool therefore allows a silence well above the longest block
+(``LIPAR_WORKER_LIVENESS_TIMEOUT_S``) and does not check liveness while the model loads (that has its own
+limit, ``LIPAR_WORKER_START_TIMEOUT_S``): the beats start after ``WorkerReady``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ log = logging.getLogger("server.worker")
 _IDLE_WAIT_S = 0.5
 _HEAP_TRIM_INTERVAL_S = 1.0  # see server.worker.memory
 _LOAD_REPORT_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = _LOAD_REPORT_INTERVAL_S  # default; the pool passes a shorter one for short limits
 
 
 class LoadMeter:
@@ -97,10 +105,30 @@ class _InFlight(NamedTuple):
 
 
 class WorkerLoop:
-    """The worker's state: its editors, its slab and the round-robin order."""
+    """The worker's state: its editors, its slab and the round-robin order.
 
-    def __init__(self, factory_path: str, config: str, device: str, ctrl: Any, results: Any) -> None:
+    Args:
+        factory_path: ``"module:attr"`` of the editor factory (:func:`server.worker.editors.make_factory`).
+        config: the model preset name or YAML path.
+        device: ``cpu`` or ``cuda:N``.
+        ctrl: the queue of messages from the server.
+        results: the queue of messages to the server.
+        heartbeat_interval_s: time between two load reports (:class:`~server.worker.messages.WorkerLoad`, the
+            heartbeat), s; the idle wait is never longer, so an idle worker beats on time too.
+    """
+
+    def __init__(
+        self,
+        factory_path: str,
+        config: str,
+        device: str,
+        ctrl: Any,
+        results: Any,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    ) -> None:
         self.ctrl, self.results = ctrl, results
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.idle_wait_s = min(_IDLE_WAIT_S, heartbeat_interval_s)
         self.factory = make_factory(factory_path, config, device)
         self.slab: FrameSlab | None = None
         self.sessions: dict[str, _Session] = {}
@@ -111,13 +139,13 @@ class WorkerLoop:
         # Only a GPU decodes on a stream of its own; on a CPU submit_block does everything before returning.
         self.overlap = torch.device(device).type == "cuda"
         self.inflight: _InFlight | None = None
-        self.load = LoadMeter()
+        self.load = LoadMeter(heartbeat_interval_s)
 
     def run(self) -> None:
         """Serve until a :class:`~server.worker.messages.Stop` arrives or the queue breaks."""
         f = self.factory
         self.results.put(m.WorkerReady(os.getpid(), f.frames_per_block, f.height, f.width))
-        self.load = LoadMeter()  # the model load is not part of the first interval
+        self.load = LoadMeter(self.heartbeat_interval_s)  # the model load is not part of the first interval
         while self.running:
             busy = any(s.pending for s in self.sessions.values())
             if not busy:
@@ -139,7 +167,8 @@ class WorkerLoop:
                 self.results.put(m.WorkerMemory(rss))
 
     def _report_load(self) -> None:
-        """Between blocks, about once a second: the busy fraction and blocks since the last report."""
+        """Between blocks and after idle waits, every heartbeat interval: the busy fraction and blocks since the
+        last report (the worker's heartbeat)."""
         msg = self.load.report()
         if msg is not None:
             self.results.put(msg)
@@ -147,7 +176,7 @@ class WorkerLoop:
     def _drain(self, block: bool) -> None:
         t0 = self.load.now() if block else 0.0
         try:
-            msg = self.ctrl.get(timeout=_IDLE_WAIT_S) if block else self.ctrl.get_nowait()
+            msg = self.ctrl.get(timeout=self.idle_wait_s) if block else self.ctrl.get_nowait()
         except queue.Empty:
             if block:
                 self.load.add_idle(self.load.now() - t0)
@@ -324,14 +353,21 @@ class WorkerLoop:
 
 
 def worker_main(
-    index: int, device: str, config: str, factory_path: str, ctrl: Any, results: Any, log_level: str
+    index: int,
+    device: str,
+    config: str,
+    factory_path: str,
+    ctrl: Any,
+    results: Any,
+    log_level: str,
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
 ) -> None:
     """Entry point of a worker process (``multiprocessing`` spawn target)."""
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s worker{index}[{device}] %(levelname)s %(message)s"
     )
     try:
-        loop = WorkerLoop(factory_path, config, device, ctrl, results)
+        loop = WorkerLoop(factory_path, config, device, ctrl, results, heartbeat_interval_s)
     except Exception as e:
         log.exception("worker %d could not start", index)
         results.put(m.WorkerFailed(f"{type(e).__name__}: {e}"))

@@ -8,8 +8,10 @@
 // retry countdown; that session is deleted → the page reconnects by itself with the same prompt; (4) more
 // than MIN_FRAMES edited frames are decoded (RTCPeerConnection.getStats via window.__lipar.stats());
 // (5) the prompt is changed in the page (type + Enter) and the session's stats (REST API) report it
-// active; (6) screenshots (desktop and 360 px phone width); (7) Stop ends the session. Every step's time
-// and any unexpected browser console error go into the result.
+// active; (6) screenshots (desktop and 360 px phone width); (7) Stop ends the session; (8) a link carrying the
+// token in its fragment (#token=...): the page takes it, keeps it in sessionStorage and clears the address bar.
+// Every step's time, any unexpected browser console error and every Content-Security-Policy violation (the
+// server sends a strict CSP) go into the result.
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -71,6 +73,14 @@ try {
   });
   result.browser_version = browser.version();
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  // Every CSP violation of every page (the server's Content-Security-Policy must fit what the page does).
+  result.csp_violations = [];
+  await context.exposeFunction('__reportCsp', (v) => result.csp_violations.push(v));
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) =>
+      window.__reportCsp(`${e.effectiveDirective} blocked ${e.blockedURI || 'inline'} (${e.sourceFile}:${e.lineNumber})`),
+    );
+  });
   const watch = (p, tag) => {
     p.on('console', (msg) => {
       // The expected 401 and 503 answers below are logged by Chromium as failed resource loads.
@@ -218,6 +228,24 @@ try {
     return { done: res.status === 404 || (body && ['closed', 'failed'].includes(body.state)), status: res.status };
   });
   mark('stopped');
+
+  // 8. A link with the token in its fragment: never sent to the server, taken by the page and cleared from the
+  // address bar at once.
+  const linked = await context.newPage();
+  watch(linked, 'token-link');
+  const mainResponse = await linked.goto(`${url}/?prompt=${encodeURIComponent(FIRST_PROMPT)}#token=${TOKEN}`);
+  result.csp_header = mainResponse.headers()['content-security-policy'] || null;
+  const link = await waitFor('the page to take the token from the fragment', 10000, async () => {
+    const r = await linked.evaluate(() => ({
+      href: location.href,
+      stored: sessionStorage.getItem('lipar.token'),
+      field: document.getElementById('token').value,
+    }));
+    return { done: r.field !== '', address_has_token: r.href.includes('token'), stored_ok: r.stored === TOKEN, field_ok: r.field === TOKEN };
+  });
+  result.token_link = { address_has_token: link.address_has_token, stored_ok: link.stored_ok, field_ok: link.field_ok };
+  await linked.close();
+  mark('token_link');
   result.ok = true;
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);

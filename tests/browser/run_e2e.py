@@ -109,6 +109,10 @@ def run(out_dir: Path, timeout_s: float = 100.0, preset: str | None = None) -> d
     finally:
         server.stop()
         result["server_log_tail"] = server.log()[-3000:]
+        # the token went only in headers and URL fragments: the server's log (access log included) never has it
+        full_log = server.log_path.read_text(errors="replace")
+        result["token_in_server_log"] = token in full_log
+        result["access_log_lines"] = full_log.count('HTTP/1.1" ')
         y4m.unlink(missing_ok=True)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -6,8 +6,8 @@ vocabulary, CPU), all inside a private
 network namespace where only loopback exists. It proves: the page creates a session and connects over WebRTC,
 edited frames arrive (``framesDecoded`` > 60), a prompt typed into the page (Enter) becomes the session's active
 prompt in its live stats, the page lists the prompts the model knows, the stats overlay shows live numbers, the
-layout fits a 360 px phone screen, and Stop
-ends the session. Screenshots go to ``artifacts/browser/`` at the repository root.
+layout fits a 360 px phone screen, Stop ends the session, the server's Content-Security-Policy causes no
+violation, and a ``#token=`` link hands the page the token without it reaching the server's log. Screenshots go to ``artifacts/browser/`` at the repository root.
 """
 
 from __future__ import annotations
@@ -101,6 +101,19 @@ def test_page_streams_edited_video_and_applies_a_typed_prompt(e2e_result: dict[s
     assert after["stats"]["prompt_applied_at_block"] >= before["stats"]["blocks_out"], _explain(r)
     assert r["page_errors"] == [] and r["console_errors"] == [], _explain(r)
     assert r["error_banner_hidden"] is True and r["connection"] == "Live", _explain(r)
+
+
+def test_page_runs_under_the_csp_and_keeps_the_token_out_of_urls(e2e_result: dict[str, object]) -> None:
+    """The server's Content-Security-Policy fits the page (no violation in any step, the camera and WebRTC work
+    under it), and a link with ``#token=`` gives the page the token without it reaching the server's log."""
+    r = e2e_result
+    assert r.get("ok"), _explain(r)
+    csp = r["csp_header"]
+    assert isinstance(csp, str) and "frame-ancestors 'none'" in csp and "script-src 'self';" in csp, csp
+    assert r["csp_violations"] == [], _explain(r)
+    assert r["token_link"] == {"address_has_token": False, "stored_ok": True, "field_ok": True}, _explain(r)
+    assert isinstance(r["access_log_lines"], int) and r["access_log_lines"] > 10, "no access log to check"
+    assert r["token_in_server_log"] is False, "the bearer token appears in the server's log"
 
 
 def test_page_shows_live_stats_and_fits_a_phone(e2e_result: dict[str, object]) -> None:

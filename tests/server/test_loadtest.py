@@ -73,10 +73,15 @@ def test_loadtest_cli_against_a_real_server(
     assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p95"] <= lat["max"] and lat["p50"] < LATENCY_P50_MAX_MS, (
         lat
     )
-    assert 0 < c["ttff_ms"] <= c["ttff_from_create_ms"], c
+    assert 0 < c["connect_ms"] < c["ttff_ms"] <= c["ttff_from_create_ms"], c
     assert 0 <= c["dropped_fraction"] < 0.5 and c["gaps"]["mean_ms"] > 0, c
     # the server's own view sits beside the client's
     assert s["server"]["frames_out"] > 0 and s["server"]["stage_ms"]["total"] > 0, s["server"]
+    blocks = s["server"][
+        "block_ms"
+    ]  # every block's model time: the first, the median and slowest of the rest
+    assert blocks["n"] >= 2 and 0 < blocks["p50"] <= blocks["max_after_first"] and blocks["first"] > 0, blocks
+    assert agg["block_ratio_max"] == pytest.approx(blocks["max_after_first"] / blocks["p50"])
     assert report["wall_start"] < report["wall_end"] and report["label"] == "ci-cpu"
     # prompt change: measured when the server reports stats.prompt_applied_pts (a newer server field)
     change = s["prompt_change"]

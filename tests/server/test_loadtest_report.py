@@ -21,6 +21,7 @@ from server.loadtest.report import (
     STATUS_REJECTED,
     Timeline,
     aggregate,
+    block_ratio,
     frame_index,
     gap_stats,
     latency_summary,
@@ -53,7 +54,9 @@ LOST = {k for k in range(MEASURED + TAIL) if k % 10 == 3}
 def _timeline(offset: int = 0) -> Timeline:
     """The timeline above; ``offset`` = index of the input frame the server's first output came from (the client
     rebases the received pts to it, so received indices are too small by ``offset``)."""
-    tl = Timeline(fps=FPS, measured_frames=MEASURED, created_at=T0 - 1.0, answered_at=T0 - 0.5)
+    tl = Timeline(
+        fps=FPS, measured_frames=MEASURED, created_at=T0 - 1.0, answered_at=T0 - 0.5, connected_at=T0 - 0.375
+    )
     tl.sent = [T0 + k / FPS for k in range(MEASURED + TAIL)]
     step = pts_step(FPS)
     tl.received = [
@@ -106,6 +109,7 @@ def test_session_stats_on_a_known_timeline() -> None:
     assert stats["frames_sent"] == MEASURED + TAIL and stats["frames_sent_measured"] == MEASURED
     assert stats["frames_received"] == MEASURED + TAIL - len(LOST)
     assert stats["ttff_ms"] == 1000.0 and stats["ttff_from_create_ms"] == 1500.0
+    assert stats["connect_ms"] == 125.0
     assert stats["negative_latency_frames"] == 0 and stats["unpaired_frames"] == 0
     # gaps: 47 of one frame (125 ms) and 6 of two (250 ms), all under twice the mean
     assert stats["gaps"]["n"] == 53
@@ -156,9 +160,12 @@ def test_prompt_change_latency_uses_the_first_frame_at_or_after_the_applied_pts(
     assert prompt_change_ms(tl) is None
 
 
-def _session(index: int, tl: Timeline | None, status: str = STATUS_CONNECTED) -> dict[str, object]:
+def _session(
+    index: int, tl: Timeline | None, status: str = STATUS_CONNECTED, block_ms: dict[str, object] | None = None
+) -> dict[str, object]:
     client, lat = session_stats(tl, 2.0) if tl is not None else (None, [])
     return {
+        "server": None if block_ms is None else {"block_ms": block_ms},
         "index": index,
         "clip": SYNTHETIC,
         "status": status,
@@ -172,7 +179,11 @@ def _session(index: int, tl: Timeline | None, status: str = STATUS_CONNECTED) ->
 def test_aggregate_and_markdown() -> None:
     slow = _timeline()
     slow.received = slow.received[::2]  # half the frames
-    sessions = [_session(0, _timeline()), _session(1, slow), _session(2, None, STATUS_REJECTED)]
+    sessions = [
+        _session(0, _timeline(), block_ms={"first": 300.0, "p50": 80.0, "max_after_first": 100.0, "n": 9}),
+        _session(1, slow, block_ms={"first": 300.0, "p50": 80.0, "max_after_first": 160.0, "n": 9}),
+        _session(2, None, STATUS_REJECTED),
+    ]
     pooled = [x for s in sessions for x in s["_latencies_ms"]]  # type: ignore[attr-defined]
     agg = aggregate(sessions, pooled)
     fps0, fps1 = (s["client"]["received_fps"] for s in sessions[:2])  # type: ignore[index]
@@ -180,7 +191,12 @@ def test_aggregate_and_markdown() -> None:
     assert agg["received_fps_total"] == pytest.approx(fps0 + fps1)
     assert agg["received_fps_min"] == pytest.approx(min(fps0, fps1))
     assert agg["latency_ms"]["n"] == len(pooled) and agg["latency_ms"]["p50"] == 500.0
-    assert agg["ttff_ms_max"] == 1000.0
+    assert agg["ttff_ms_max"] == 1000.0 and agg["connect_ms_max"] == 125.0
+    # the slowest block after a session's first over its median: 160 / 80 (session 1), the first block not counted
+    assert agg["block_ratio_max"] == 2.0
+    assert (
+        block_ratio(None) is None and block_ratio({"block_ms": {"first": 9.0, "p50": None, "n": 1}}) is None
+    )
     shares = [s["client"]["gaps"]["no_burst_share"] for s in sessions[:2]]  # type: ignore[index]
     assert agg["no_burst_share_min"] == min(shares)
     report = {
@@ -202,7 +218,8 @@ def test_aggregate_and_markdown() -> None:
     md = markdown(report)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 3 + 1  # header, three sessions, total
-    assert all(r.replace("\\|", "").count("|") == 9 for r in rows), rows  # eight cells each
+    assert all(r.replace("\\|", "").count("|") == 11 for r in rows), rows  # ten cells each
+    assert "| 2.00 |" in md and "| 1.25 |" in md  # block max/p50 of each session and the worst in the total
     assert "s0 (id0)" in md and "s1 (id1)" in md and "rejected: POST /v1/sessions: HTTP 503" in md
     assert "## lipar-loadtest: unit" in md and "- a note" in md and "**total** (2/3 connected)" in md
 

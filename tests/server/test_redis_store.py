@@ -1,5 +1,6 @@
 """The Redis store against a real redis-server: the documented keys, field-level updates that never resurrect a
-deleted record, heartbeats with TTL, control pub/sub, and orphans of a dead node."""
+deleted record, heartbeats with TTL, control pub/sub, orphans of a dead node, and the write-back of lost records
+with tombstones (also on the in-memory store)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
+from server.sessions.memory_store import MemoryStore
 from server.sessions.redis_store import RedisStore
+from server.sessions.store import TOMBSTONE_TTL_S, SessionStore
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.redis]
 
@@ -93,3 +96,42 @@ async def test_control_pubsub_and_orphans(redis_url: str) -> None:
         await a.redis.flushdb()
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_restore_and_tombstones(kind: str, request: pytest.FixtureRequest) -> None:
+    """A live session's lost record is written back unless it was deleted on purpose (tombstone); a late
+    creation of a deleted id does nothing."""
+    store: SessionStore = (
+        RedisStore(request.getfixturevalue("redis_url")) if kind == "redis" else MemoryStore()
+    )
+    await store.start()
+    r = (
+        aioredis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+        if kind == "redis"
+        else None
+    )
+    try:
+        rec = _record("t1", "n1")
+        assert await store.restore(rec) == "restored"  # absent, no tombstone: the store lost it
+        assert [x["id"] for x in await store.list_all()] == ["t1"]
+        if r is not None:
+            assert await r.sismember("lipar:sessions", "t1") and await r.sismember(
+                "lipar:node:n1:sessions", "t1"
+            )
+        assert await store.restore({**rec, "state": "streaming"}) == "present"
+        assert (await store.get("t1") or {})["state"] == "created"  # present: nothing written
+        assert await store.delete("t1")
+        if r is not None:
+            assert 0 < await r.pttl("lipar:deleted:t1") <= TOMBSTONE_TTL_S * 1000
+        assert await store.restore(rec) == "deleted"
+        assert await store.get("t1") is None
+        await store.create(rec)  # e.g. a creation that timed out on the node and reached Redis late
+        assert await store.get("t1") is None and await store.list_all() == []
+        if r is not None:
+            assert not await r.sismember("lipar:sessions", "t1")
+    finally:
+        if r is not None:
+            await r.flushdb()
+            await r.aclose()
+        await store.close()

@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from server.rtc.ice import configure_ice
 from server.rtc.inbound import to_model_rgb
 from server.rtc.outbound import EditedVideoTrack, OutFrame
-from server.rtc.peer import MAX_REMOTE_CANDIDATES, BadOffer, SessionPeer, check_offer
+from server.rtc.peer import BadOffer, SessionPeer
 from server.rtc.ring import FrameRing, InFrame
 from tests.server.pacing_sim import FakeClock
 from tests.server.rtc_client import ClipTrack, load_clip
@@ -133,43 +133,3 @@ async def test_offer_without_video_is_refused() -> None:
     finally:
         await server.discard()
         await client.close()
-
-
-async def test_hostile_offers_are_refused_before_any_socket() -> None:
-    """An offer that would make the server send packets where the client says (hundreds of candidates), carry
-    unauthenticated media (no fingerprint) or has no usable video line is refused with a reason; a real
-    browser-like offer passes."""
-    configure_ice(["127.0.0.1"], None)
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        pc.addTransceiver("video", direction="sendrecv")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-    finally:
-        await pc.close()
-        configure_ice([], None)
-    check_offer(sdp)  # a real offer passes
-    cand = next(ln for ln in sdp.splitlines() if ln.startswith("a=candidate:"))
-    parts = cand.split()
-    many = sdp.replace(
-        cand,
-        "\r\n".join(
-            " ".join([f"a=candidate:{i}", *parts[1:4], f"10.{i // 250}.{i % 250}.1", *parts[5:]])
-            for i in range(MAX_REMOTE_CANDIDATES + 168)
-        ),
-    )
-    cases = {
-        "ICE candidates": many,
-        "fingerprint": "\r\n".join(ln for ln in sdp.splitlines() if not ln.startswith("a=fingerprint")),
-        "port 0": re.sub(r"^m=video \d+ ", "m=video 0 ", sdp, count=1, flags=re.M),
-        "neither an IP": sdp.replace(cand, " ".join([*parts[:4], "example.com", *parts[5:]])),
-        "malformed": sdp.replace(cand, " ".join([*parts[:4], parts[4], "0", *parts[6:]])),
-    }
-    for why, bad in cases.items():
-        assert bad != sdp, why
-        with pytest.raises(BadOffer, match=why):
-            check_offer(bad)
-    ok_mdns = sdp.replace(
-        cand, " ".join([*parts[:4], "0f6c1d2e-1111-4a4a-9c9c-123456789abc.local", *parts[5:]])
-    )
-    check_offer(ok_mdns)

@@ -256,8 +256,13 @@ async def test_killed_worker_is_reported_and_restarted(blocks) -> None:
         sids, reason = col.lost[0]
         assert sids == {"s"} and "killed by signal 9" in reason
         assert metrics.worker_restarts.labels(device="cpu")._value.get() == 1
+        st = pool.status()[0]
+        # a single crash of a worker that had loaded: restarted at once (no back-off), not a failed start
+        assert st["state"] in ("restarting", "starting") and not st["ready"] and st["start_failures"] == 0, st
         assert await pool.wait_ready(120)
         assert pool.pids()[0] != pid
+        st = pool.status()[0]
+        assert st["state"] == "ready" and st["restarts"] == 1 and st["heartbeat_age_s"] is not None, st
         assert pool.open_session("t", "a dog", 0, None, None)
         assert pool.submit("t", 0, blocks[1])
         await col.wait(lambda: len(col.out.get("t", [])) == 1, 60)

@@ -1,14 +1,35 @@
-"""Probes and metrics: ``/healthz`` (alive), ``/readyz`` (model loaded, workers up, store reachable), ``/metrics``."""
+"""Probes and metrics: ``/healthz`` (alive), ``/readyz`` (model loaded, workers up, store reachable), ``/metrics``.
+
+Who sees what when ``LIPAR_API_TOKEN`` is set:
+
+* ``/healthz``: everyone (status and node id).
+* ``/readyz``: everyone gets the status code (200 ready, 503 not) and ``status``; the details (``checks``: the
+  store, each worker's state, pid, error text, load) need ``Authorization: Bearer <token>``, unless
+  ``LIPAR_READYZ_DETAILS_PUBLIC=true``. A missing or wrong token is never a 401 here, so container healthchecks
+  and load balancers probe it without the secret.
+* ``/metrics``: needs the bearer token (401 otherwise) unless ``LIPAR_METRICS_PUBLIC=true``.
+
+Without a token configured everything is open, as the rest of the API is. Both routes compare tokens through
+:func:`server.api.deps.check_bearer`, so wrong tokens count against the client's address like everywhere else
+(neither route is an unthrottled way to guess the token; a throttled address gets no details, and 429 on
+``/metrics``).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from typing import Annotated
 
-from server.api.deps import ManagerDep, MetricsDep, SettingsDep
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from server.api.deps import ManagerDep, MetricsDep, SettingsDep, check_bearer, require_token
 from server.api.schemas import Health
 
 router = APIRouter(tags=["operations"])
+
+_bearer = HTTPBearer(auto_error=False, description="LIPAR_API_TOKEN, when the server sets one")
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 @router.get("/healthz", response_model=Health)
@@ -18,25 +39,47 @@ async def healthz(settings: SettingsDep) -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-async def readyz(request: Request, settings: SettingsDep, manager: ManagerDep) -> JSONResponse:
-    """Ready to serve sessions: every worker has its model loaded and the store answers; else 503.
+async def readyz(
+    request: Request, settings: SettingsDep, manager: ManagerDep, credentials: CredentialsDep
+) -> JSONResponse:
+    """Ready to serve sessions: every worker has its model loaded and answers, and the store answers; else 503.
 
-    Each worker entry also carries its load over about the last second: ``busy`` (fraction of wall time it was
-    not idle-waiting for work, 0..1) and ``blocks_per_s`` (null until its first report).
+    ``checks`` (with the bearer token when ``LIPAR_API_TOKEN`` is set, or ``LIPAR_READYZ_DETAILS_PUBLIC=true``;
+    empty otherwise): the store, and per worker its ``state`` (``starting``, ``ready``, ``hung``,
+    ``restarting``, ``failed``: given up after failing to start ``LIPAR_WORKER_MAX_START_FAILURES`` times in a
+    row, ``stopped``), ``pid``, ``last_error``, ``heartbeat_age_s``, and its load over about the last second:
+    ``busy`` (fraction of wall time it was not idle-waiting for work, 0..1) and ``blocks_per_s`` (null until
+    its first report).
     """
     store_ok = await manager.store.ping()
-    workers = manager.pool.status()
     ready = store_ok and manager.pool.ready
-    body = Health(
-        status="ok" if ready else "unavailable",
-        node_id=settings.node_id,
-        checks={"store": {"kind": manager.store.kind, "ok": store_ok}, "workers": workers},
-    )
+    checks: dict[str, object] = {}
+    if settings.readyz_details_public or check_bearer(request, settings, credentials) == "ok":
+        checks = {
+            "store": {"kind": manager.store.kind, "ok": store_ok},
+            "workers": manager.pool.status(),
+        }
+    body = Health(status="ok" if ready else "unavailable", node_id=settings.node_id, checks=checks)
     headers = None if ready else {"Retry-After": "5"}
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=headers)
 
 
-@router.get("/metrics", response_class=Response)
-async def metrics(m: MetricsDep) -> Response:
-    """Prometheus text exposition (names in :mod:`server.metrics`)."""
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        401: {"description": "missing or wrong bearer token"},
+        429: {"description": "too many wrong tokens from this address"},
+    },
+)
+async def metrics(
+    request: Request, m: MetricsDep, settings: SettingsDep, credentials: CredentialsDep
+) -> Response:
+    """Prometheus text exposition (names in :mod:`server.metrics`).
+
+    With ``LIPAR_API_TOKEN`` set it needs the bearer token (Prometheus: ``authorization: {credentials_file:
+    ...}``) unless ``LIPAR_METRICS_PUBLIC=true``.
+    """
+    if not settings.metrics_public:
+        require_token(request, settings, credentials)
     return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
