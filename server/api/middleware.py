@@ -9,6 +9,25 @@ from collections.abc import Callable, Iterable, Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+async def send_error(
+    send: Send, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer from an ASGI middleware with the API's error envelope ``{"error": {"code", "message"}}`` (JSON)."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodySizeLimit:
     """Refuse request bodies over ``max_bytes`` with 413, whether or not they declare their length.
 
@@ -62,26 +81,9 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "too_large",
-                    "message": f"request body over the limit of {self.max_bytes} bytes",
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),  # the rest of the body is not read
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"request body over the limit of {self.max_bytes} bytes"
+        # the rest of the body is not read
+        await send_error(send, 413, "too_large", message, [(b"connection", b"close")])
 
 
 #: The page (``client_web/``): its own scripts (ES modules) and stylesheet only, no inline code; the webcam
@@ -181,23 +183,5 @@ class AllowedMethods:
         if allow is None:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "method_not_allowed",
-                    "message": f"{scope['method']} is not allowed here; allowed: {', '.join(allow)}",
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 405,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"allow", ", ".join(allow).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"{scope['method']} is not allowed here; allowed: {', '.join(allow)}"
+        await send_error(send, 405, "method_not_allowed", message, [(b"allow", ", ".join(allow).encode())])

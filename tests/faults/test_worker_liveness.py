@@ -27,7 +27,6 @@ import pytest
 import torch
 
 from server.main import create_app
-from server.rtc.ice import configure_ice
 from server.settings import load_settings
 from server.worker import messages as m
 from server.worker.ipc import FrameSlab
@@ -79,14 +78,6 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for s in started:
         s.stop()
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    """The test's aiortc peers gather host candidates on 127.0.0.1 only."""
-    configure_ice(["127.0.0.1"], None)
-    yield
-    configure_ice([], None)
 
 
 @pytest.fixture(scope="module")
