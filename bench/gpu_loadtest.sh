@@ -19,6 +19,7 @@
 # Each call returns: server.log (tail), runs.tgz (every run's JSON and markdown), table.md, smi.csv.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+RC=0
 PRESET=${PRESET:-self-forcing-1.3b-random}
 PORT=${PORT:-8000}
 URL=http://127.0.0.1:$PORT
@@ -49,9 +50,10 @@ start)
     LIPAR_IDLE_TIMEOUT_S=30 setsid python3 -m server.main > /tmp/server.log 2>&1 < /dev/null &
   echo "server pid $! ($PRESET)"
   if [ "${GPU_TESTS:-1}" = 1 ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu-tests.txt"
     LIPAR_TEST_CLIPS=.clips/moving timeout "${GPU_TESTS_S:-300}" python3 -m pytest -m gpu tests/gpu -p no:cacheprovider \
-      -q -o addopts="" --timeout=280 2>&1 | tee "$OUT/gpu-tests.txt" | tail -n 15
-    [ "${PIPESTATUS[0]}" = 0 ] || echo "GPU TESTS FAILED (see gpu-tests.txt)"
+      -v -o addopts="" --timeout=280 2>&1 | tee -a "$OUT/gpu-tests.txt" | tail -n 15
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "GPU TESTS FAILED (see gpu-tests.txt)"; RC=1; }
   fi
   for _ in $(seq 1 "${READY_S:-400}"); do ready && break; sleep 1; done
   ready && echo "server ready" || echo "server NOT ready"
@@ -88,4 +90,4 @@ stop)
 esac
 tail -n 300 /tmp/server.log > "$OUT/server.log" 2>/dev/null
 tar czf "$OUT/runs.tgz" -C "$RUNS_DIR" . 2>/dev/null
-exit 0
+exit "${RC:-0}"  # 1 when the GPU tests failed (the server still started: later calls can measure)
