@@ -131,10 +131,17 @@ def group_peak_change(
         group against the last frame of the previous group (so an object that only passes through the group's
         middle frames counts too).
     """
-    b, t = pixels.shape[:2]
-    cells = cell_means(pixels, token_hw)  # [B, T, 3, h', w']: each frame pooled once
+    return group_peak_of_cells(cell_means(pixels, token_hw), cell_means(before, token_hw), stride, token_hw)
+
+
+def group_peak_of_cells(
+    cells: torch.Tensor, before: torch.Tensor, stride: int, token_hw: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`group_peak_change` on frames already pooled by :func:`cell_means`: ``cells`` [B, T, 3, h', w'] (each
+    frame pooled once), ``before`` [B, 1, 3, h', w'] -> [B, F, gh, gw] float32."""
+    b, t = cells.shape[:2]
     group = cells.reshape(b, t // stride, stride, *cells.shape[2:])  # [B, F, stride, 3, h', w']
-    prev = torch.cat([cell_means(before, token_hw), cells[:, stride - 1 : t - 1 : stride]], dim=1)
+    prev = torch.cat([before, cells[:, stride - 1 : t - 1 : stride]], dim=1)
     return peak_of_cells(group - prev[:, :, None], token_hw).amax(dim=2)
 
 
@@ -158,6 +165,32 @@ def input_changed(
     token = (sh * geometry.patch[1], sw * geometry.patch[2])
     first = before if before is not None else pixels[:, :1]
     return group_peak_change(pixels.float(), first.float(), st, token) > level
+
+
+def latest_kept(
+    cur: torch.Tensor, keep: torch.Tensor, token_hw: tuple[int, int], ref: torch.Tensor
+) -> torch.Tensor:
+    """Per token, its values in the block's last frame that kept it, else ``ref``'s: the drift reference after
+    the block. A few whole-tensor kernels (the token grid is never upsampled: frames are viewed token by token).
+
+    Args:
+        cur: the block's frames [B, F, C, H, W] (latents, or each group's last pixel frame).
+        keep: [B, F, gh, gw] bool, gh = H / token_h, gw = W / token_w.
+        token_hw: a token's size in elements of H and W.
+        ref: the reference before the block [B, 1, C, H, W].
+    Returns:
+        [B, 1, C, H, W], contiguous.
+    """
+    b, f, c, h, w = cur.shape
+    th, tw = token_hw
+    gh, gw = h // th, w // tw
+    order = torch.arange(1, f + 1, device=keep.device).view(1, f, 1, 1)
+    last = (keep.long() * order).amax(dim=1)  # [B, gh, gw]: 1 + the last frame that kept the token, 0 if none
+    index = (last - 1).clamp(min=0).view(b, 1, 1, gh, 1, gw, 1).expand(b, 1, c, gh, th, gw, tw)
+    picked = cur.reshape(b, f, c, gh, th, gw, tw).gather(1, index)
+    kept = (last > 0).view(b, 1, 1, gh, 1, gw, 1)
+    out = torch.where(kept, picked, ref.reshape(b, 1, c, gh, th, gw, tw))
+    return out.reshape(b, 1, c, h, w)
 
 
 def _pad_hw(x: torch.Tensor, r: int, mode: str = "replicate") -> torch.Tensor:
@@ -362,11 +395,18 @@ class PruneMasker:
         tok = self._token_size(pixel)
         first = self._last if self._last is not None else cur[:, :1]  # stream start: no change before it
         if pixel:
-            peak = group_peak_change(src, first, self.geometry.vae_stride[0], tok)
+            stride = self.geometry.vae_stride[0]
+            cells = cell_means(
+                src, tok
+            )  # every pixel frame pooled once, the groups' last frames reused below
+            peak = group_peak_of_cells(cells, cell_means(first, tok), stride, tok)
+            if self._ref is not None:
+                ref_change = cells[:, stride - 1 :: stride] - cell_means(self._ref, tok)
+                peak = torch.maximum(peak, peak_of_cells(ref_change, tok))
         else:
             peak = peak_change(cur, torch.cat([first, cur[:, :-1]], dim=1), tok)
-        if self._ref is not None:
-            peak = torch.maximum(peak, peak_change(cur, self._ref, tok))
+            if self._ref is not None:
+                peak = torch.maximum(peak, peak_change(cur, self._ref, tok))
         return dilate((peak > level).float(), FLOOR_MARGIN) > 0.5
 
     def _compute(self, src: torch.Tensor, pixel: bool, force_full: bool) -> tuple[torch.Tensor, _State]:
@@ -408,11 +448,7 @@ class PruneMasker:
         if force_full:
             out = torch.ones_like(out)
         # The drift reference takes, per token, the input the output was last computed from.
-        ref = cur[:, :1] if self._ref is None else self._ref
-        ph, pw = self._token_size(pixel)
-        for t in range(f):  # F is a handful of frames; each step is one fused where on the device
-            kt = out[:, t].repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, None, None]
-            ref = torch.where(kt, cur[:, t : t + 1], ref)
+        ref = latest_kept(cur, out, self._token_size(pixel), cur[:, :1] if self._ref is None else self._ref)
         state = (
             torch.cat([d_hist, d], dim=1)[:, -2:].contiguous(),
             med[:, -1:].contiguous(),

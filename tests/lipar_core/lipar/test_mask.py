@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
-from lipar_core.lipar.mask import FLOOR_MARGIN, PruneMasker, gaussian_causal_kernel
+from lipar_core.lipar.mask import FLOOR_MARGIN, PruneMasker, gaussian_causal_kernel, latest_kept
 
 
 def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -244,3 +244,22 @@ def test_floor_keeps_a_small_mover_the_filters_erase(source: str) -> None:
     assert all(on[t][where[t]] for t in later), [bool(on[t][where[t]]) for t in later]
     # Only the mover's neighbourhood is kept (dilation radius 2 around this and the previous position).
     assert all(on[t].sum() <= 2 * (2 * 2 + 2) ** 2 for t in later), [int(on[t].sum()) for t in later]
+
+
+@pytest.mark.parametrize("token_hw", [(2, 2), (16, 16)])
+def test_latest_kept_equals_the_frame_by_frame_update(token_hw: tuple[int, int]) -> None:
+    """The drift reference after a block: per token, the last frame that kept it, else the old reference; the
+    same as updating it frame by frame (the straightforward rule), bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    th, tw = token_hw
+    cur = torch.randn(2, 4, 3, 5 * th, 7 * tw, generator=g)
+    ref = torch.randn(2, 1, 3, 5 * th, 7 * tw, generator=g)
+    keep = torch.rand(2, 4, 5, 7, generator=g) > 0.6
+    keep[:, :, 0, 0] = False  # a token no frame kept keeps the old reference
+    want = ref
+    for t in range(4):
+        kt = keep[:, t].repeat_interleave(th, 1).repeat_interleave(tw, 2)[:, None, None]
+        want = torch.where(kt, cur[:, t : t + 1], want)
+    got = latest_kept(cur, keep, token_hw, ref)
+    assert got.is_contiguous() and torch.equal(got, want)
+    assert torch.equal(got[..., :th, :tw], ref[..., :th, :tw])
