@@ -8,6 +8,7 @@ The library has no web code. Its parts, one module per concept:
 - :mod:`lipar_core.autoencoders`  tiny video autoencoder (TAEHV) and the Wan VAE, both streaming
 - :mod:`lipar_core.text`          umT5 prompt encoder with a per-prompt cache
 - :mod:`lipar_core.editor`        :class:`StreamEditor`, one object per stream
+- :mod:`lipar_core.protocol`      the typed editor contract (:class:`BlockEditor`, :class:`BlockStats`)
 - :mod:`lipar_core.presets`       named model bundles (``tiny``, ``self-forcing-1.3b``)
 """
 

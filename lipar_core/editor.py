@@ -18,7 +18,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +27,8 @@ from lipar_core.lipar.mask import PruneMasker
 from lipar_core.lipar.prune import KeepSet, PendingKeepSet, padded_count
 from lipar_core.lipar.restore import RestorationBuffer
 from lipar_core.models.graphs import GraphedDiT
+from lipar_core.protocol import BlockStats as BlockStats  # the one stats type, re-exported here
+from lipar_core.protocol import Transition as Transition
 from lipar_core.scheduler import make_step_list
 from lipar_core.timing import StageHandle, StageTimer
 from lipar_core.video_io import fit_frames
@@ -34,33 +36,11 @@ from lipar_core.video_io import fit_frames
 if TYPE_CHECKING:
     from lipar_core.models.transformer import BlockContext, CrossKV
     from lipar_core.presets import EditorModels
+    from lipar_core.protocol import BlockEditor, SubmittedBlock
 
 log = logging.getLogger(__name__)
 
-Transition = Literal["cut", "smooth"]
 MAX_BLEND_BLOCKS = 64
-
-
-@dataclass
-class BlockStats:
-    """What one :meth:`StreamEditor.process_block` call did.
-
-    Attributes:
-        index: block number since the stream (or the last cut) started.
-        ms: milliseconds per stage: ``encode``, ``mask``, ``dit``, ``decode``, ``total``.
-        prune_ratio: fraction of DiT tokens pruned in this block (0 without LIPAR).
-        frames_in, frames_out: pixel frames consumed and produced.
-        token_mask: which tokens were recomputed, [latent_frames, grid_h, grid_w] bool on the CPU, or None.
-        prompt: the prompt in effect for this block.
-    """
-
-    index: int
-    ms: dict[str, float]
-    prune_ratio: float = 0.0
-    frames_in: int = 0
-    frames_out: int = 0
-    token_mask: torch.Tensor | None = None
-    prompt: str = ""
 
 
 @dataclass
@@ -540,3 +520,8 @@ class BlockTicket:
         if not self.stats.ms:
             self.stats.ms = self.timer.finish()
         return self.frames, self.stats
+
+
+if TYPE_CHECKING:  # the editor and its ticket keep the contract the worker relies on (lipar_core.protocol)
+    _STREAM_EDITOR_IS_A_BLOCK_EDITOR: type[BlockEditor] = StreamEditor
+    _BLOCK_TICKET_IS_A_SUBMITTED_BLOCK: type[SubmittedBlock] = BlockTicket

@@ -33,9 +33,7 @@ from pydantic import (
 )
 
 from lipar_core.lipar.config import LiparConfig, MaskSource
-
-SessionState = Literal["created", "connecting", "streaming", "closed", "failed"]
-TERMINAL_STATES: frozenset[str] = frozenset({"closed", "failed"})
+from server.sessions.types import CREATED, CUT, SMOOTH, SessionChange, SessionSpec, SessionState, Transition
 
 #: Every character ``str.strip`` removes (``str.isspace``). A prompt of only these is blank; the JSON Schema says
 #: so with a pattern ("some character outside this set") that matches exactly what :func:`_not_blank` accepts.
@@ -138,6 +136,11 @@ class SessionCreate(_In):
     steps: Steps | None = Field(default=None, description="default: the preset's (3)")
     lipar: LiparSettings | None = Field(default=None, description="LIPAR overrides; default: the preset's")
 
+    def to_spec(self) -> SessionSpec:
+        """What the session layer creates the session with."""
+        lipar = self.lipar.overrides() if self.lipar is not None else None
+        return SessionSpec(self.prompt, self.seed, self.strength, self.steps, lipar)
+
 
 class SessionPatch(_In):
     """``PATCH /v1/sessions/{id}``: change the prompt or parameters mid-stream.
@@ -163,7 +166,7 @@ class SessionPatch(_In):
                     "anyOf": [
                         {"not": {"required": ["blend_blocks"]}},
                         {"properties": {"blend_blocks": {"const": 0}}},
-                        {"required": ["transition"], "properties": {"transition": {"const": "smooth"}}},
+                        {"required": ["transition"], "properties": {"transition": {"const": SMOOTH}}},
                     ]
                 },
             ]
@@ -171,7 +174,7 @@ class SessionPatch(_In):
     )
 
     prompt: Prompt | None = None
-    transition: Literal["cut", "smooth"] = "cut"
+    transition: Transition = CUT
     blend_blocks: BlendBlocks = 0
     seed: Seed | None = None
     strength: Strength | None = None
@@ -181,9 +184,14 @@ class SessionPatch(_In):
     def _something(self) -> SessionPatch:
         if self.prompt is None and self.seed is None and self.strength is None and self.steps is None:
             raise ValueError("nothing to change: give prompt, seed, strength or steps")
-        if self.blend_blocks and self.transition != "smooth":
+        if self.blend_blocks and self.transition != SMOOTH:
             raise ValueError("blend_blocks needs transition 'smooth'")
         return self
+
+    def to_change(self) -> SessionChange:
+        """What the session layer applies: the fields the client gave (unset ones are ``None``, so the record
+        keeps its ``transition`` and ``blend_blocks`` unless the client gave them)."""
+        return SessionChange(**self.model_dump(exclude_unset=True))
 
 
 class SdpOffer(_In):
@@ -261,7 +269,7 @@ class SessionStats(BaseModel):
         "has been applied. Output frames with this pts or later show the new prompt",
     )
     mask: BlockMask | None = Field(default=None, description="tokens LIPAR recomputed in the last block")
-    state: SessionState = "created"
+    state: SessionState = CREATED
 
 
 class Session(BaseModel):
@@ -277,7 +285,7 @@ class Session(BaseModel):
     strength: float | None = None
     steps: int | None = None
     lipar: dict[str, Any] | None = Field(default=None, description="LIPAR overrides given at creation")
-    transition: Literal["cut", "smooth"] = "cut"
+    transition: Transition = CUT
     blend_blocks: int = 0
     last_error: str | None = Field(default=None, description="last rejected change, if any")
     created_at: float

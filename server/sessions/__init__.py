@@ -3,6 +3,7 @@
 Lifecycle: ``created`` → ``connecting`` (offer answered) → ``streaming`` (first edited frame sent) →
 ``closed`` | ``failed`` (with a ``reason``).
 
+- :mod:`server.sessions.types`        states, transition, create/change inputs, the stored record (no HTTP)
 - :mod:`server.sessions.errors`       domain errors the API maps to HTTP statuses
 - :mod:`server.sessions.store`        the store interface
 - :mod:`server.sessions.memory_store` the in-memory store (the embedded default, one node)

@@ -32,6 +32,7 @@ from server.rtc.inbound import InboundReader
 from server.rtc.outbound import EditedVideoTrack, OutFrame
 from server.rtc.peer import BadOffer, SessionPeer
 from server.rtc.ring import FrameRing, InFrame
+from server.sessions.types import CLOSED, CONNECTING, CREATED, FAILED, STREAMING, SessionState
 from server.worker import messages as m
 from server.worker.pool import MAX_INFLIGHT_PER_SESSION, Geometry, WorkerPool
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 _WINDOW = 300  # frames kept for rates and latency percentiles
 _BLOCK_WINDOW = 4096  # block times kept for the median (about 27 min of 12-frame blocks at 30 fps)
 
-StateCallback = Callable[[str, str, "str | None"], None]
+StateCallback = Callable[[str, SessionState, "str | None"], None]
 
 
 class _Rate:
@@ -117,7 +118,7 @@ class LiveSession:
         self.peer: SessionPeer | None = None
         self.reader: InboundReader | None = None
         self._on_state = on_state
-        self.state = "created"
+        self.state: SessionState = CREATED
         self.seq = 0
         self.blocks: dict[int, list[InFrame]] = {}
         self.last_activity = time.monotonic()
@@ -160,7 +161,7 @@ class LiveSession:
             raise
         self.peer = peer
         self.answered_at = self.last_activity = time.monotonic()
-        self._set_state("connecting")
+        self._set_state(CONNECTING)
         return sdp
 
     def _on_remote_video(self, track: MediaStreamTrack) -> None:
@@ -182,16 +183,16 @@ class LiveSession:
 
     def _on_pc_state(self, state: str) -> None:
         log.info("session %s: connection %s", self.id, state)
-        if state == "failed":
-            self._on_state(self.id, "failed", "the WebRTC connection failed (ICE or DTLS)")
+        if state == "failed":  # the peer connection's states (RTCPeerConnection.connectionState)
+            self._on_state(self.id, FAILED, "the WebRTC connection failed (ICE or DTLS)")
         elif state == "closed" and not self.closed:
-            self._on_state(self.id, "closed", "the client closed the connection")
+            self._on_state(self.id, CLOSED, "the client closed the connection")
 
     def _on_ended(self) -> None:
         if not self.closed:
-            self._on_state(self.id, "closed", "the client's video track ended")
+            self._on_state(self.id, CLOSED, "the client's video track ended")
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: SessionState) -> None:
         if self.state != state:
             self.state = state
             self._on_state(self.id, state, None)
@@ -270,7 +271,7 @@ class LiveSession:
         if self.last_sent is None:
             if self.answered_at is not None:
                 self.metrics.time_to_first_frame.observe(now - self.answered_at)
-            self._set_state("streaming")
+            self._set_state(STREAMING)
         else:
             self.metrics.frame_interval.observe(now - self.last_sent)
         self.last_sent = now

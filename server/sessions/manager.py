@@ -26,11 +26,10 @@ import copy
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from server.api.schemas import TERMINAL_STATES, SessionCreate, SessionPatch
 from server.metrics import Metrics
 from server.rtc.ice import rtc_configuration
 from server.rtc.peer import BadOffer
@@ -44,7 +43,21 @@ from server.sessions.errors import (
     WrongState,
 )
 from server.sessions.live import LiveSession
-from server.sessions.store import Record, SessionStore
+from server.sessions.store import ControlMessage, NodeInfo, SessionStore
+from server.sessions.types import (
+    CLOSED,
+    CONNECTING,
+    CREATED,
+    CUT,
+    FAILED,
+    STREAMING,
+    TERMINAL_STATES,
+    RecordFields,
+    SessionChange,
+    SessionRecord,
+    SessionSpec,
+    SessionState,
+)
 from server.settings import Settings
 from server.worker import messages as m
 from server.worker.pool import WorkerPool
@@ -73,11 +86,11 @@ class SessionManager:
         # DELETE removed it still answers 404
         self._deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
         # the last known record of every live session (written back when the store lost it)
-        self._records: dict[str, Record] = {}
+        self._records: dict[str, SessionRecord] = {}
         # sessions whose lost record is being written back (an _end waits for it, then ends the record)
         self._restoring: dict[str, asyncio.Event] = {}
         # final fields of ended sessions that the store could not take (outage); written once it is back
-        self._pending: dict[str, Record] = {}
+        self._pending: dict[str, RecordFields] = {}
         # ids of creations that failed on this side: the write may still reach the store (a paused Redis runs
         # it when resumed), so the housekeeping deletes them (with a tombstone) once the store answers
         self._abandoned: dict[str, None] = {}
@@ -100,10 +113,10 @@ class SessionManager:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # concurrently: with the store down each final write waits for its timeout
-        await asyncio.gather(*(self._end(sid, "closed", "the server shut down") for sid in list(self.live)))
+        await asyncio.gather(*(self._end(sid, CLOSED, "the server shut down") for sid in list(self.live)))
 
     # ---- API operations --------------------------------------------------------------------------------
-    async def create(self, req: SessionCreate) -> Record:
+    async def create(self, req: SessionSpec) -> SessionRecord:
         """Admit a session on this node's least-loaded worker; :class:`NoCapacity` when none has room."""
         if len(req.prompt) > self.settings.max_prompt_chars:
             raise Invalid(
@@ -111,7 +124,7 @@ class SessionManager:
             )
         sid = uuid.uuid4().hex
         node_id, base_url = self.node_id, self.settings.advertised_url
-        lipar = req.lipar.overrides() if req.lipar is not None else None
+        lipar = copy.deepcopy(req.lipar)
         if self.pool.open_session(sid, req.prompt, req.seed, req.strength, req.steps, lipar):
             self.live[sid] = self._new_live(sid, req.prompt)
         else:
@@ -127,9 +140,9 @@ class SessionManager:
             node_id, base_url = str(other["node_id"]), str(other["public_url"]).rstrip("/")
             log.info("session %s placed on node %s (this node is full)", sid, node_id)
         now = time.time()
-        record: Record = {
+        record: SessionRecord = {
             "id": sid,
-            "state": "created",
+            "state": CREATED,
             "reason": None,
             "node_id": node_id,
             "offer_url": f"{base_url}/v1/sessions/{sid}/offer",
@@ -138,7 +151,7 @@ class SessionManager:
             "strength": req.strength,
             "steps": req.steps,
             "lipar": lipar,
-            "transition": "cut",
+            "transition": CUT,
             "blend_blocks": 0,
             "last_error": None,
             "created_at": now,
@@ -174,21 +187,23 @@ class SessionManager:
             self._on_live_state,
         )
 
-    async def _node_with_room(self) -> Record | None:
+    async def _node_with_room(self) -> NodeInfo | None:
         """Another live node (store heartbeats) with free session slots, the emptiest first; None if none."""
         others = [
             n for n in await self.store.nodes() if n.get("node_id") != self.node_id and n.get("free", 0) > 0
         ]
         return max(others, key=lambda n: (n["free"], n["node_id"]), default=None)
 
-    def _local_record(self, session_id: str) -> Record | None:
+    def _local_record(self, session_id: str) -> SessionRecord | None:
         """This node's copy of a live session's record (the store may have lost it), or None."""
         live, r = self.live.get(session_id), self._records.get(session_id)
         if live is None or r is None or live.closed:
             return None
-        return {**copy.deepcopy(r), "state": live.state, "reason": None}
+        local = copy.deepcopy(r)
+        local["state"], local["reason"] = live.state, None
+        return local
 
-    async def get(self, session_id: str) -> Record:
+    async def get(self, session_id: str) -> SessionRecord:
         """The record, with live stats when this node owns the session (from its copy if the store lost it)."""
         r = await self.store.get(session_id) or self._local_record(session_id)
         if r is None:
@@ -198,7 +213,7 @@ class SessionManager:
             r["stats"] = live.stats()
         return r
 
-    async def list_all(self) -> list[Record]:
+    async def list_all(self) -> list[SessionRecord]:
         """Every session known to the store (all nodes) and every live local one, with live stats for those."""
         out = await self.store.list_all()
         listed = {r["id"] for r in out}
@@ -219,7 +234,7 @@ class SessionManager:
                 f"session {session_id} is served by node {r['node_id']}: send the offer to {r['offer_url']}"
             )
         live = self.live.get(session_id)
-        if live is None and r["state"] == "created":
+        if live is None and r["state"] == CREATED:
             # placed here by another node: admit it on a local worker now
             if not self.pool.open_session(
                 session_id, r["prompt"], r["seed"], r["strength"], r["steps"], r.get("lipar")
@@ -230,7 +245,7 @@ class SessionManager:
             self._records[session_id] = copy.deepcopy(r)
         if live is None or r["state"] in TERMINAL_STATES:
             raise WrongState(f"session {session_id} is {r['state']}: create a new session")
-        if r["state"] != "created" or live.peer is not None or session_id in self._answering:
+        if r["state"] != CREATED or live.peer is not None or session_id in self._answering:
             raise WrongState(f"session {session_id} already has a connection (state {r['state']})")
         self._answering.add(session_id)
         try:
@@ -240,7 +255,7 @@ class SessionManager:
         finally:
             self._answering.discard(session_id)
 
-    async def patch(self, session_id: str, req: SessionPatch) -> Record:
+    async def patch(self, session_id: str, req: SessionChange) -> SessionRecord:
         """Change prompt/params; the owner's worker applies it at the next block boundary."""
         if req.prompt is not None and len(req.prompt) > self.settings.max_prompt_chars:
             raise Invalid(
@@ -251,8 +266,8 @@ class SessionManager:
             raise NotFound(f"no session {session_id}")
         if r["state"] in TERMINAL_STATES:
             raise WrongState(f"session {session_id} is {r['state']}; it cannot change")
-        fields: Record = {k: v for k, v in req.model_dump(exclude_unset=True).items() if v is not None}
-        control = req.model_dump(exclude_unset=True)
+        control = req.given()
+        fields = cast(RecordFields, dict(control))  # the record's fields of the same names
         if r["node_id"] == self.node_id:
             # the record first: when the store fails, nothing has changed
             updated = await self.store.update(session_id, fields)
@@ -290,13 +305,13 @@ class SessionManager:
         finally:
             self._deleting.discard(session_id)
 
-    async def _delete(self, session_id: str, r: Record) -> None:
+    async def _delete(self, session_id: str, r: SessionRecord) -> None:
         # the record (and its tombstone) first: when the store fails, nothing has changed; once the tombstone
         # is written the owner ends the session even if it misses the control message (its housekeeping finds
         # the record gone and the tombstone)
         await self.store.delete(session_id)
         if r["node_id"] == self.node_id:
-            await self._end(session_id, "closed", "deleted by the client", keep_record=False)
+            await self._end(session_id, CLOSED, "deleted by the client", keep_record=False)
             return
         try:
             receivers = await self.store.publish_control(
@@ -314,12 +329,13 @@ class SessionManager:
 
     # ---- control plumbing ------------------------------------------------------------------------------
     def _apply_control(self, session_id: str, control: dict[str, Any]) -> None:
+        """Send a change (:meth:`SessionChange.given`, or the same fields of a control message) to the worker."""
         live = self.live.get(session_id)
         if live is None:
             return
         record = self._records.get(session_id)
         if record is not None:
-            record.update({k: v for k, v in control.items() if v is not None})
+            record.update(cast(RecordFields, {k: v for k, v in control.items() if v is not None}))
         prompt = control.get("prompt")
         cid = live.next_control_id(prompt)
         if prompt is not None:
@@ -328,7 +344,7 @@ class SessionManager:
                 m.SetPrompt(
                     session_id,
                     prompt,
-                    control.get("transition", "cut"),
+                    control.get("transition", CUT),
                     int(control.get("blend_blocks", 0)),
                     control_id=cid,
                 ),
@@ -341,7 +357,7 @@ class SessionManager:
                 ),
             )
 
-    async def _on_control(self, message: dict[str, Any]) -> None:
+    async def _on_control(self, message: ControlMessage) -> None:
         """A control message from another node (store pub/sub), for a session this node owns."""
         sid = str(message.get("session_id", ""))
         op = message.get("op")
@@ -351,7 +367,7 @@ class SessionManager:
         if op == "patch":
             self._apply_control(sid, {k: v for k, v in message.items() if k not in ("op", "session_id")})
         elif op == "delete":
-            await self._end(sid, "closed", "deleted by the client", keep_record=False)
+            await self._end(sid, CLOSED, "deleted by the client", keep_record=False)
 
     # ---- callbacks from the pool and the live sessions (event loop) ------------------------------------
     def _on_block(self, session_id: str, msg: m.BlockDone, frames: np.ndarray) -> None:
@@ -369,9 +385,9 @@ class SessionManager:
         for sid in sorted(session_ids):
             self._spawn(self._fail(sid, reason, "worker"))
 
-    def _on_live_state(self, session_id: str, state: str, reason: str | None) -> None:
+    def _on_live_state(self, session_id: str, state: SessionState, reason: str | None) -> None:
         if state in TERMINAL_STATES:
-            if state == "failed":
+            if state == FAILED:
                 self._spawn(self._fail(session_id, reason or "failed", "rtc"))
             else:
                 self._spawn(self._end(session_id, state, reason))
@@ -400,9 +416,11 @@ class SessionManager:
         if session_id in self.live:
             self.metrics.sessions_failed.labels(cause=cause).inc()
         log.warning("session %s failed: %s", session_id, reason)
-        await self._end(session_id, "failed", reason)
+        await self._end(session_id, FAILED, reason)
 
-    async def _end(self, session_id: str, state: str, reason: str | None, keep_record: bool = True) -> None:
+    async def _end(
+        self, session_id: str, state: SessionState, reason: str | None, keep_record: bool = True
+    ) -> None:
         live = self.live.pop(session_id, None)
         self._records.pop(session_id, None)
         self.pool.close_session(session_id)
@@ -414,7 +432,7 @@ class SessionManager:
         if live is not None:
             log.info("session %s %s: %s", session_id, state, reason)
         if keep_record:
-            fields: Record = {"state": state, "reason": reason}
+            fields: RecordFields = {"state": state, "reason": reason}
             if stats is not None:
                 fields["stats"] = stats
             restoring = self._restoring.get(session_id)
@@ -426,7 +444,7 @@ class SessionManager:
                 self._pending[session_id] = fields
                 log.warning("session %s %s; its record is updated once the store is back", session_id, state)
 
-    async def _write_final(self, session_id: str, fields: Record) -> None:
+    async def _write_final(self, session_id: str, fields: RecordFields) -> None:
         """Write a finished session's state and let its record expire (nothing if the record is gone)."""
         if await self.store.update(session_id, fields) is not None:
             await self.store.expire(session_id, self.settings.record_ttl_s)
@@ -439,13 +457,8 @@ class SessionManager:
         base = self._records.get(session_id)
         if base is None or session_id in self._restoring:
             return
-        record = {
-            **base,
-            "state": live.state,
-            "reason": None,
-            "stats": live.stats(),
-            "updated_at": time.time(),
-        }
+        record = copy.deepcopy(base)
+        record.update({"state": live.state, "reason": None, "stats": live.stats(), "updated_at": time.time()})
         done = self._restoring[session_id] = asyncio.Event()
         try:
             outcome = await self.store.restore(record)
@@ -457,7 +470,7 @@ class SessionManager:
                 "session %s: the store had lost its record (Redis restarted empty?); written back", session_id
             )
         elif outcome == "deleted" and self.live.get(session_id) is live:
-            await self._end(session_id, "closed", "deleted by the client", keep_record=False)
+            await self._end(session_id, CLOSED, "deleted by the client", keep_record=False)
 
     # ---- housekeeping ----------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -479,12 +492,12 @@ class SessionManager:
         for r in await self.store.list_all():
             if (
                 r["node_id"] == self.node_id
-                and r["state"] == "created"
+                and r["state"] == CREATED
                 and r["id"] not in self.live
                 and r["created_at"] < limit
             ):
                 reason = f"idle timeout: no offer within {self.settings.idle_timeout_s:g} s"
-                if await self.store.update(r["id"], {"state": "closed", "reason": reason}) is not None:
+                if await self.store.update(r["id"], {"state": CLOSED, "reason": reason}) is not None:
                     await self.store.expire(r["id"], self.settings.record_ttl_s)
 
     async def _housekeeping(self) -> None:
@@ -518,17 +531,15 @@ class SessionManager:
         now = time.monotonic()
         # gauges first: the store calls below fail during an outage
         states = [lv.state for lv in self.live.values()]
-        self.metrics.sessions_active.set(states.count("streaming"))
-        self.metrics.sessions_queued.set(states.count("created") + states.count("connecting"))
+        self.metrics.sessions_active.set(states.count(STREAMING))
+        self.metrics.sessions_queued.set(states.count(CREATED) + states.count(CONNECTING))
         self.metrics.queue_frames.labels(queue="inbound").set(sum(len(lv.ring) for lv in self.live.values()))
         self.metrics.queue_frames.labels(queue="outbound").set(
             sum(lv.out.queued for lv in self.live.values())
         )
         for sid, live in list(self.live.items()):  # idle timeouts (during an outage too: _end never raises)
             if sid not in self._deleting and now - live.last_activity > self.settings.idle_timeout_s:
-                await self._end(
-                    sid, "closed", f"idle timeout: no video for {self.settings.idle_timeout_s:g} s"
-                )
+                await self._end(sid, CLOSED, f"idle timeout: no video for {self.settings.idle_timeout_s:g} s")
         for sid in list(self._abandoned):  # creations that failed here must not appear late
             await self.store.delete(sid)
             self._abandoned.pop(sid, None)
@@ -557,6 +568,6 @@ class SessionManager:
                     continue
                 reason = f"node {node_id} stopped sending heartbeats; its sessions are lost"
                 self.metrics.sessions_failed.labels(cause="node").inc()
-                if await self.store.update(sid, {"state": "failed", "reason": reason}) is not None:
+                if await self.store.update(sid, {"state": FAILED, "reason": reason}) is not None:
                     await self.store.expire(sid, self.settings.record_ttl_s)
                 log.warning("session %s failed: %s", sid, reason)

@@ -6,7 +6,15 @@ import copy
 import time
 from typing import Any
 
-from server.sessions.store import TOMBSTONE_TTL_S, ControlHandler, Record, RestoreOutcome, SessionStore
+from server.sessions.store import (
+    TOMBSTONE_TTL_S,
+    ControlHandler,
+    ControlMessage,
+    NodeInfo,
+    RestoreOutcome,
+    SessionStore,
+)
+from server.sessions.types import RecordFields, SessionRecord
 
 
 class MemoryStore(SessionStore):
@@ -15,10 +23,10 @@ class MemoryStore(SessionStore):
     kind = "memory"
 
     def __init__(self) -> None:
-        self._records: dict[str, Record] = {}
+        self._records: dict[str, SessionRecord] = {}
         self._expiry: dict[str, float] = {}
         self._handlers: dict[str, ControlHandler] = {}
-        self._nodes: dict[str, tuple[float, Record]] = {}
+        self._nodes: dict[str, tuple[float, NodeInfo]] = {}
         self._tombstones: dict[str, float] = {}  # deleted session id -> monotonic expiry
 
     def _purge(self) -> None:
@@ -32,21 +40,21 @@ class MemoryStore(SessionStore):
     async def ping(self) -> bool:
         return True
 
-    async def create(self, record: Record) -> None:
+    async def create(self, record: SessionRecord) -> None:
         self._purge()
         if record["id"] not in self._tombstones:
             self._records[record["id"]] = copy.deepcopy(record)
 
-    async def get(self, session_id: str) -> Record | None:
+    async def get(self, session_id: str) -> SessionRecord | None:
         self._purge()
         r = self._records.get(session_id)
         return copy.deepcopy(r) if r is not None else None
 
-    async def list_all(self) -> list[Record]:
+    async def list_all(self) -> list[SessionRecord]:
         self._purge()
         return sorted((copy.deepcopy(r) for r in self._records.values()), key=lambda r: r["created_at"])
 
-    async def update(self, session_id: str, fields: Record) -> Record | None:
+    async def update(self, session_id: str, fields: RecordFields) -> SessionRecord | None:
         self._purge()
         r = self._records.get(session_id)
         if r is None:
@@ -61,7 +69,7 @@ class MemoryStore(SessionStore):
         self._tombstones[session_id] = time.monotonic() + TOMBSTONE_TTL_S
         return self._records.pop(session_id, None) is not None
 
-    async def restore(self, record: Record) -> RestoreOutcome:
+    async def restore(self, record: SessionRecord) -> RestoreOutcome:
         self._purge()
         sid = record["id"]
         if sid in self._records:
@@ -75,14 +83,14 @@ class MemoryStore(SessionStore):
         if session_id in self._records:
             self._expiry[session_id] = time.monotonic() + ttl_s
 
-    async def heartbeat(self, node: Record, ttl_s: float) -> None:
+    async def heartbeat(self, node: NodeInfo, ttl_s: float) -> None:
         self._nodes[node["node_id"]] = (time.monotonic() + ttl_s, dict(node))
 
-    async def nodes(self) -> list[Record]:
+    async def nodes(self) -> list[NodeInfo]:
         now = time.monotonic()
         return [dict(n) for t, n in self._nodes.values() if t > now]
 
-    async def publish_control(self, node_id: str, message: Record) -> int:
+    async def publish_control(self, node_id: str, message: ControlMessage) -> int:
         handler = self._handlers.get(node_id)
         if handler is None:
             return 0

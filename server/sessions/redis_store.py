@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -39,14 +39,21 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server.sessions.errors import StoreUnavailable
-from server.sessions.store import TOMBSTONE_TTL_S, ControlHandler, Record, RestoreOutcome, SessionStore
+from server.sessions.store import (
+    TOMBSTONE_TTL_S,
+    ControlHandler,
+    ControlMessage,
+    NodeInfo,
+    RestoreOutcome,
+    SessionStore,
+)
+from server.sessions.types import UNFINISHED_STATES, RecordFields, SessionRecord
 
 log = logging.getLogger(__name__)
 
 PREFIX = "lipar:"
 SESSIONS = PREFIX + "sessions"
 NODES = PREFIX + "nodes"
-_UNFINISHED = ("created", "connecting", "streaming")
 
 DEFAULT_TIMEOUT_S = 2.0
 _RETRY_AFTER_S = 5  # Retry-After of the 503 answered while the store is unavailable
@@ -115,14 +122,15 @@ def control_channel(node_id: str) -> str:
     return f"{PREFIX}control:{node_id}"
 
 
-def _decode(h: dict[Any, Any]) -> Record:
-    return {
+def _decode(h: dict[Any, Any]) -> SessionRecord:
+    """A session record from its hash (one JSON value per field)."""
+    return {  # type: ignore[return-value]
         (k.decode() if isinstance(k, bytes) else k): json.loads(v.decode() if isinstance(v, bytes) else v)
         for k, v in h.items()
     }
 
 
-def _flat(record: Record) -> list[str]:
+def _flat(record: Mapping[str, Any]) -> list[str]:
     """``[field, json value, field, json value, ...]``."""
     out: list[str] = []
     for k, v in record.items():
@@ -178,18 +186,18 @@ class RedisStore(SessionStore):
         except (rex.RedisError, OSError, asyncio.TimeoutError):
             return False
 
-    async def create(self, record: Record) -> None:
+    async def create(self, record: SessionRecord) -> None:
         sid = str(record["id"])
         keys = [session_key(sid), tombstone_key(sid), SESSIONS, node_sessions_key(record["node_id"])]
         with _available():
             await self.redis.eval(_CREATE, len(keys), *keys, sid, *_flat(record))  # type: ignore[misc]
 
-    async def get(self, session_id: str) -> Record | None:
+    async def get(self, session_id: str) -> SessionRecord | None:
         with _available():
             h = await self.redis.hgetall(session_key(session_id))
         return _decode(h) if h else None
 
-    async def list_all(self) -> list[Record]:
+    async def list_all(self) -> list[SessionRecord]:
         with _available():
             ids = sorted(str(m) for m in await self.redis.smembers(SESSIONS))
             if not ids:
@@ -208,7 +216,7 @@ class RedisStore(SessionStore):
                 await self.redis.srem(SESSIONS, *gone)
         return sorted(out, key=lambda r: r["created_at"])
 
-    async def update(self, session_id: str, fields: Record) -> Record | None:
+    async def update(self, session_id: str, fields: RecordFields) -> SessionRecord | None:
         argv = _flat({**fields, "updated_at": time.time()})
         with _available():
             ok = await self.redis.eval(_UPDATE, 1, session_key(session_id), *argv)  # type: ignore[misc]
@@ -228,7 +236,7 @@ class RedisStore(SessionStore):
                 res = await p.execute()
         return bool(res[0])
 
-    async def restore(self, record: Record) -> RestoreOutcome:
+    async def restore(self, record: SessionRecord) -> RestoreOutcome:
         sid = str(record["id"])
         keys = [session_key(sid), tombstone_key(sid), SESSIONS, node_sessions_key(record["node_id"])]
         with _available():
@@ -241,7 +249,7 @@ class RedisStore(SessionStore):
         with _available():
             await self.redis.pexpire(session_key(session_id), max(1, int(ttl_s * 1000)))
 
-    async def heartbeat(self, node: Record, ttl_s: float) -> None:
+    async def heartbeat(self, node: NodeInfo, ttl_s: float) -> None:
         nid = node["node_id"]
         with _available():
             async with self.redis.pipeline(transaction=True) as p:
@@ -249,7 +257,7 @@ class RedisStore(SessionStore):
                 p.sadd(NODES, nid)
                 await p.execute()
 
-    async def nodes(self) -> list[Record]:
+    async def nodes(self) -> list[NodeInfo]:
         with _available():
             ids = sorted(str(m) for m in await self.redis.smembers(NODES))
             if not ids:
@@ -257,7 +265,7 @@ class RedisStore(SessionStore):
             values = await self.redis.mget([node_key(n) for n in ids])
         return [json.loads(v) for v in values if v is not None]
 
-    async def publish_control(self, node_id: str, message: Record) -> int:
+    async def publish_control(self, node_id: str, message: ControlMessage) -> int:
         with _available():
             return int(await self.redis.publish(control_channel(node_id), json.dumps(message)))
 
@@ -352,7 +360,7 @@ class RedisStore(SessionStore):
                     r = await self.get(sid)
                     if r is None:
                         await self.redis.srem(node_sessions_key(nid), sid)
-                    elif r.get("state") in _UNFINISHED:
+                    elif r.get("state") in UNFINISHED_STATES:
                         out.append((nid, sid))
                         unfinished = True
                 if not unfinished:

@@ -1,8 +1,9 @@
 """The session store interface: session records, node heartbeats, control messages between nodes.
 
-Runs in the server process (asyncio). A record is a flat JSON-able ``dict`` with the fields of
-``server.api.schemas.Session``; :meth:`SessionStore.update` changes named fields only, so the owner node's
-stats updates and another node's PATCH never overwrite each other.
+Runs in the server process (asyncio). A record is a :class:`~server.sessions.types.SessionRecord` (a flat
+JSON-able ``dict``); :meth:`SessionStore.update` changes named fields only
+(:class:`~server.sessions.types.RecordFields`), so the owner node's stats updates and another node's PATCH never
+overwrite each other. Node heartbeats and control messages between nodes are plain JSON-able dicts.
 
 Outages: every method but :meth:`SessionStore.ping` raises :class:`~server.sessions.errors.StoreUnavailable`
 when the store cannot be reached within its timeout (the API answers 503 + ``Retry-After``). The node that owns
@@ -17,8 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-Record = dict[str, Any]
-ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+from server.sessions.types import RecordFields, SessionRecord
+
+NodeInfo = dict[str, Any]  # a node's heartbeat: node_id, public_url, capacity, free, active
+ControlMessage = dict[str, Any]  # a control message to the owner node of a session: op, session_id, ...
+ControlHandler = Callable[[ControlMessage], Awaitable[None]]
 RestoreOutcome = Literal["present", "restored", "deleted"]
 
 # how long a deleted session's tombstone is kept: a live session whose record is missing and has a tombstone
@@ -42,20 +46,20 @@ class SessionStore(ABC):
         """True when the store answers."""
 
     @abstractmethod
-    async def create(self, record: Record) -> None:
+    async def create(self, record: SessionRecord) -> None:
         """Store a new record (``record["id"]`` is fresh); nothing if the id has a tombstone (a creation that
         failed on this side may reach the store late, after the node deleted it)."""
 
     @abstractmethod
-    async def get(self, session_id: str) -> Record | None:
+    async def get(self, session_id: str) -> SessionRecord | None:
         """The record, or None."""
 
     @abstractmethod
-    async def list_all(self) -> list[Record]:
+    async def list_all(self) -> list[SessionRecord]:
         """Every live record, oldest first."""
 
     @abstractmethod
-    async def update(self, session_id: str, fields: Record) -> Record | None:
+    async def update(self, session_id: str, fields: RecordFields) -> SessionRecord | None:
         """Set these fields (and ``updated_at``); None if the record does not exist (never re-creates it)."""
 
     @abstractmethod
@@ -63,7 +67,7 @@ class SessionStore(ABC):
         """Remove the record and leave a tombstone (:data:`TOMBSTONE_TTL_S`); False if it did not exist."""
 
     @abstractmethod
-    async def restore(self, record: Record) -> RestoreOutcome:
+    async def restore(self, record: SessionRecord) -> RestoreOutcome:
         """Write back the record of a live session if the store lost it, atomically: ``present`` (the record
         exists; nothing written), ``deleted`` (absent with a tombstone: it was deleted on purpose; nothing
         written) or ``restored`` (absent without a tombstone: written, with its index entries)."""
@@ -73,15 +77,15 @@ class SessionStore(ABC):
         """Let a finished record disappear after ``ttl_s`` seconds."""
 
     @abstractmethod
-    async def heartbeat(self, node: Record, ttl_s: float) -> None:
+    async def heartbeat(self, node: NodeInfo, ttl_s: float) -> None:
         """Announce this node (``node["node_id"]``, capacity, active, public URL) for ``ttl_s`` seconds."""
 
     @abstractmethod
-    async def nodes(self) -> list[Record]:
+    async def nodes(self) -> list[NodeInfo]:
         """Nodes with a live heartbeat."""
 
     @abstractmethod
-    async def publish_control(self, node_id: str, message: Record) -> int:
+    async def publish_control(self, node_id: str, message: ControlMessage) -> int:
         """Deliver a control message to the node that owns a session; the number of subscribers that got it
         (0: the node is not listening now)."""
 

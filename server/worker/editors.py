@@ -14,34 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from lipar_core.protocol import BlockEditor
+
 if TYPE_CHECKING:
     from lipar_core.editor import StreamEditor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "server.worker.editors:LiparEditorFactory"
-
-
-class Editor(Protocol):
-    """The per-session editor interface (``lipar_core.editor.StreamEditor``)."""
-
-    frames_per_block: int
-    height: int
-    width: int
-
-    def process_block(self, frames: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """``frames`` uint8 ``[T, H_in, W_in, 3]`` → (uint8 ``[T_out, height, width, 3]``, BlockStats)."""
-        ...
-
-    def set_prompt(self, prompt: str, transition: Any = "cut", blend_blocks: int = 0) -> None:
-        """Switch the prompt at the next block boundary."""
-        ...
-
-    def set_params(
-        self, seed: int | None = None, strength: float | None = None, steps: int | None = None
-    ) -> None:
-        """Change parameters at the next block; ValueError on bad values."""
-        ...
 
 
 class EditorFactory(Protocol):
@@ -51,7 +31,7 @@ class EditorFactory(Protocol):
     height: int
     width: int
 
-    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> Editor:
+    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> BlockEditor:
         """A fresh editor for one session (``lipar``: overrides of the preset's LIPAR settings)."""
         ...
 
@@ -111,10 +91,9 @@ class LiparEditorFactory:
             time.perf_counter() - t0,
         )
 
-    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> Editor:
+    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> BlockEditor:
         """A fresh ``StreamEditor`` sharing this worker's models; ``lipar`` overrides the preset's settings."""
-        editor: Editor = self._editor(prompt, seed, lipar)
-        return editor
+        return self._editor(prompt, seed, lipar)
 
     def _editor(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> StreamEditor:
         from lipar_core.editor import StreamEditor

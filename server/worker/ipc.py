@@ -45,7 +45,8 @@ class FrameSlab:
 
     def slot(self, i: int) -> np.ndarray:
         """A view ``[slot_frames, H, W, 3]`` uint8 of slot ``i`` (no copy)."""
-        return self._array[i]
+        view: np.ndarray = self._array[i]
+        return view
 
     def close(self) -> None:
         """Detach; the owner also unlinks the segment. Closing again does nothing."""

@@ -9,9 +9,9 @@ never travel in messages; they stay in the shared-memory slab (:mod:`server.work
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Transition = Literal["cut", "smooth"]
+from lipar_core.protocol import Transition as Transition  # the editor's: a prompt change passes through
 
 
 # ---- server → worker -------------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from lipar_core.protocol import BlockEditor, BlockStats, SubmittedBlock
 from server.worker import messages as m
-from server.worker.editors import Editor, make_factory
+from server.worker.editors import make_factory
 from server.worker.ipc import FrameSlab
 from server.worker.memory import HeapTrimmer, resident_bytes
 
@@ -87,7 +88,7 @@ class LoadMeter:
 
 
 class _Session:
-    def __init__(self, editor: Editor) -> None:
+    def __init__(self, editor: BlockEditor) -> None:
         self.editor = editor
         self.pending: collections.deque[m.SubmitBlock] = collections.deque()
         self.control_id = 0
@@ -99,7 +100,7 @@ class _InFlight(NamedTuple):
     sid: str
     session: _Session
     blk: m.SubmitBlock
-    ticket: Any  # lipar_core.editor.BlockTicket: result() -> (frames, stats)
+    ticket: SubmittedBlock
     t0: float
     control_id: int  # the session's last control applied before the block was submitted
 
@@ -136,8 +137,9 @@ class WorkerLoop:
         self.running = True
         self.parent = mp.parent_process()
         self.heap = HeapTrimmer(_HEAP_TRIM_INTERVAL_S)
-        # Only a GPU decodes on a stream of its own; on a CPU submit_block does everything before returning.
-        self.overlap = torch.device(device).type == "cuda"
+        # Overlap (submit_block now, result() later) only pays where the editor decodes on a stream of its own,
+        # a GPU; on a CPU submit_block does everything before returning, so the worker runs process_block.
+        self.overlap: bool = torch.device(device).type == "cuda"
         self.inflight: _InFlight | None = None
         self.load = LoadMeter(heartbeat_interval_s)
 
@@ -241,7 +243,7 @@ class WorkerLoop:
         self.order.append(msg.session_id)
         log.info("opened session %s (%d now)", msg.session_id, len(self.sessions))
 
-    def _control(self, sid: str, control_id: int, apply: Any) -> None:
+    def _control(self, sid: str, control_id: int, apply: Callable[[BlockEditor], None]) -> None:
         s = self.sessions.get(sid)
         if s is None:
             return
@@ -266,18 +268,17 @@ class WorkerLoop:
         view = self.slab.slot(blk.slot)
         frames = torch.from_numpy(view[: blk.n_frames].copy())  # the editor may keep its input
         t0 = time.perf_counter()
-        submit = getattr(s.editor, "submit_block", None) if self.overlap else None
         try:
             with torch.inference_mode():
-                if submit is not None:
-                    ticket = submit(frames)
+                if self.overlap:
+                    ticket = s.editor.submit_block(frames)
                 else:
                     out, stats = s.editor.process_block(frames)
         except Exception as e:
             self._collect()
             self._fail(sid, s, blk, e)
             return
-        if submit is None:
+        if not self.overlap:
             self._deliver(sid, s, blk, out, stats, t0, s.control_id)
             return
         previous, self.inflight = self.inflight, _InFlight(sid, s, blk, ticket, t0, s.control_id)
@@ -317,7 +318,7 @@ class WorkerLoop:
         s: _Session,
         blk: m.SubmitBlock,
         out: torch.Tensor,
-        stats: Any,
+        stats: BlockStats,
         t0: float,
         control_id: int,
     ) -> None:
@@ -329,8 +330,8 @@ class WorkerLoop:
         view = self.slab.slot(blk.slot)
         n_out = min(int(out.shape[0]), self.slab.slot_frames)
         view[:n_out] = out[:n_out].numpy()
-        ms = {k: float(v) for k, v in (getattr(stats, "ms", None) or {}).items()}
-        token_mask = getattr(stats, "token_mask", None)
+        ms = {k: float(v) for k, v in stats.ms.items()}
+        token_mask = stats.token_mask
         mask_grid, mask_bits = None, None
         if token_mask is not None:  # a few hundred bytes per block, for the page's heat map
             mask_grid = tuple(int(d) for d in token_mask.shape)
@@ -342,9 +343,9 @@ class WorkerLoop:
                 blk.seq,
                 blk.slot,
                 n_out,
-                index=int(getattr(stats, "index", blk.seq)),
+                index=int(stats.index),
                 ms=ms,
-                prune_ratio=float(getattr(stats, "prune_ratio", 0.0)),
+                prune_ratio=float(stats.prune_ratio),
                 control_id=control_id,
                 mask_grid=mask_grid,
                 mask_bits=mask_bits,

@@ -30,12 +30,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from server.api.schemas import SessionCreate, SessionPatch
 from server.metrics import Metrics
 from server.sessions.errors import StoreUnavailable
 from server.sessions.manager import SessionManager
 from server.sessions.memory_store import MemoryStore
 from server.sessions.redis_store import RedisStore
+from server.sessions.types import SessionChange, SessionSpec
 from server.settings import load_settings
 from server.worker.pool import Geometry
 from tests.faults.conftest import RedisServer
@@ -430,12 +430,12 @@ async def test_failed_creation_reserves_nothing(manager: tuple[SessionManager, F
     store.down = True
     for _ in range(3):
         with pytest.raises(StoreUnavailable):
-            await m.create(SessionCreate(prompt="p"))
+            await m.create(SessionSpec(prompt="p"))
     assert pool.sessions == set() and m.live == {}
     failed = list(m._abandoned)
     assert len(failed) == 3
     store.down = False
-    ids = [(await m.create(SessionCreate(prompt=f"p{i}")))["id"] for i in range(pool.capacity)]
+    ids = [(await m.create(SessionSpec(prompt=f"p{i}")))["id"] for i in range(pool.capacity)]
     assert pool.sessions == set(ids) == set(m.live)
     # a failed creation may reach the store late (a paused Redis runs it when resumed): once the store answers,
     # the housekeeping deletes it with a tombstone, so even a later write of it does not bring it back
@@ -450,14 +450,14 @@ async def test_lost_record_is_served_written_back_and_deletable(
     manager: tuple[SessionManager, FlakyStore, FakePool],
 ) -> None:
     m, store, pool = manager
-    a = (await m.create(SessionCreate(prompt="kept", seed=7)))["id"]
-    b = (await m.create(SessionCreate(prompt="deleted here")))["id"]
-    await m.patch(a, SessionPatch(prompt="patched"))
+    a = (await m.create(SessionSpec(prompt="kept", seed=7)))["id"]
+    b = (await m.create(SessionSpec(prompt="deleted here")))["id"]
+    await m.patch(a, SessionChange(prompt="patched"))
     store._records.clear()  # the store lost everything (Redis restarted without persistence)
     # the owner still serves them from its copy: GET, list, PATCH, and DELETE frees the slot
     assert (await m.get(a))["prompt"] == "patched"
     assert {r["id"] for r in await m.list_all()} == {a, b}
-    assert (await m.patch(a, SessionPatch(prompt="patched again")))["prompt"] == "patched again"
+    assert (await m.patch(a, SessionChange(prompt="patched again")))["prompt"] == "patched again"
     await m.delete(b)
     assert b not in pool.sessions and b not in m.live
     # the housekeeping writes the live one back (with its newest fields), never the deleted one
@@ -476,7 +476,7 @@ async def test_final_state_is_written_once_the_store_is_back(
     manager: tuple[SessionManager, FlakyStore, FakePool],
 ) -> None:
     m, store, pool = manager
-    sid = (await m.create(SessionCreate(prompt="p")))["id"]
+    sid = (await m.create(SessionSpec(prompt="p")))["id"]
     store.down = True
     with pytest.raises(StoreUnavailable):
         await m._tick(beat_every=3600)

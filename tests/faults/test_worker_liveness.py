@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from lipar_core.protocol import BlockEditor, BlockStats, Transition
 from server.main import create_app
 from server.settings import load_settings
 from server.worker import messages as m
@@ -290,17 +291,39 @@ BLOCK_S = 0.3
 FPB, H, W = 4, 8, 8
 
 
+class _Done:
+    """A ``SubmittedBlock`` computed when it was submitted (as on the CPU)."""
+
+    def __init__(self, frames: torch.Tensor, stats: BlockStats) -> None:
+        self.frames, self.stats = frames, stats
+
+    def result(self) -> tuple[torch.Tensor, BlockStats]:
+        return self.frames, self.stats
+
+
 class _SlowEditor:
+    """A ``BlockEditor`` whose blocks take ``BLOCK_S`` and give their input back."""
+
     frames_per_block, height, width = FPB, H, W
 
-    def process_block(self, frames: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        time.sleep(BLOCK_S)  # a long block: the loop is inside it, as in a long device call
-        return frames, None
+    def __init__(self) -> None:
+        self.blocks = 0
 
-    def set_prompt(self, prompt: str, transition: Any = "cut", blend_blocks: int = 0) -> None:
+    def submit_block(self, frames: torch.Tensor) -> _Done:
+        time.sleep(BLOCK_S)  # a long block: the loop is inside it, as in a long device call
+        stats = BlockStats(self.blocks, {"total": BLOCK_S * 1000.0}, frames_in=FPB, frames_out=FPB)
+        self.blocks += 1
+        return _Done(frames, stats)
+
+    def process_block(self, frames: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
+        return self.submit_block(frames).result()
+
+    def set_prompt(self, prompt: str, transition: Transition = "cut", blend_blocks: int = 0) -> None:
         pass
 
-    def set_params(self, seed: Any = None, strength: Any = None, steps: Any = None) -> None:
+    def set_params(
+        self, seed: int | None = None, strength: float | None = None, steps: int | None = None
+    ) -> None:
         pass
 
 
@@ -312,7 +335,7 @@ class SlowFactory:
     def __init__(self, config: str, device: str) -> None:
         pass
 
-    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> _SlowEditor:
+    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> BlockEditor:
         return _SlowEditor()
 
 

@@ -7,13 +7,13 @@ the overlap switched on."""
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from lipar_core.protocol import BlockEditor, BlockStats, Transition
 from server.worker import messages as m
 from server.worker.ipc import FrameSlab
 from server.worker.process import LoadMeter, WorkerLoop
@@ -23,26 +23,22 @@ FPB = 4
 LOG: list[str] = []
 
 
-@dataclass
-class _Stats:
-    index: int
-    ms: dict[str, float] = field(default_factory=lambda: {"total": 1.0})
-    prune_ratio: float = 0.0
-    token_mask: torch.Tensor | None = None
-
-
 class _Ticket:
+    """A ``SubmittedBlock`` whose ``result`` is logged (and fails for the prompt "fail on collect")."""
+
     def __init__(self, editor: _Editor, frames: torch.Tensor, index: int) -> None:
         self.editor, self.frames, self.index = editor, frames, index
 
-    def result(self) -> tuple[torch.Tensor, _Stats]:
+    def result(self) -> tuple[torch.Tensor, BlockStats]:
         LOG.append(f"result {self.editor.prompt} {self.index}")
         if self.editor.prompt == "fail on collect":
             raise RuntimeError("device error while decoding")
-        return 255 - self.frames, _Stats(self.index)
+        return 255 - self.frames, BlockStats(self.index, {"total": 1.0}, frames_in=FPB, frames_out=FPB)
 
 
 class _Editor:
+    """A ``BlockEditor`` that logs when the worker submits a block (its ticket logs the collection)."""
+
     frames_per_block, height, width = FPB, H, W
 
     def __init__(self, prompt: str) -> None:
@@ -53,10 +49,10 @@ class _Editor:
         self.blocks += 1
         return _Ticket(self, frames, self.blocks - 1)
 
-    def process_block(self, frames: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    def process_block(self, frames: torch.Tensor) -> tuple[torch.Tensor, BlockStats]:
         return self.submit_block(frames).result()
 
-    def set_prompt(self, prompt: str, transition: Any = "cut", blend_blocks: int = 0) -> None:
+    def set_prompt(self, prompt: str, transition: Transition = "cut", blend_blocks: int = 0) -> None:
         self.prompt = prompt
 
     def set_params(
@@ -71,7 +67,7 @@ class RecordingFactory:
     def __init__(self, config: str, device: str) -> None:
         pass
 
-    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> _Editor:
+    def new(self, prompt: str, seed: int, lipar: dict[str, Any] | None = None) -> BlockEditor:
         return _Editor(prompt)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ class Collector:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared() -> tuple[WorkerPool, Collector]:
+async def shared() -> AsyncIterator[tuple[WorkerPool, Collector]]:
     """One worker process for the tests that do not kill it (sessions are opened and closed per test)."""
     pool = WorkerPool("tiny-random", ["cpu"], 2, Metrics())
     col = Collector(pool)

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Response
 
 from server.api.deps import LimitsDep, ManagerDep, SettingsDep, require_token
 from server.api.schemas import (
-    TERMINAL_STATES,
     ErrorResponse,
     SdpAnswer,
     SdpOffer,
@@ -24,6 +23,7 @@ from server.api.schemas import (
     SessionPatch,
 )
 from server.sessions.errors import TooLarge
+from server.sessions.types import TERMINAL_STATES
 
 _RETRY_AFTER = {
     "Retry-After": {
@@ -97,7 +97,7 @@ async def create_session(body: SessionCreate, manager: ManagerDep, limits: Limit
     ``LIPAR_MAX_PROMPT_CHARS``.
     """
     limits.check_create(body)
-    return Session.model_validate(await manager.create(body))
+    return Session.model_validate(await manager.create(body.to_spec()))
 
 
 @router.get("", response_model=SessionList, operation_id="list_sessions")
@@ -142,7 +142,7 @@ async def patch_session(
     current = await manager.get(session_id)  # 404 first
     if current["state"] not in TERMINAL_STATES:  # a finished session: the manager answers 409
         limits.check_patch(body, current)
-    return Session.model_validate(await manager.patch(session_id, body))
+    return Session.model_validate(await manager.patch(session_id, body.to_change()))
 
 
 @router.delete(
