@@ -2,6 +2,7 @@
 import { Api, ApiError, describeError } from './api.js';
 import { connectPeer, listCameras, openCamera, readStats } from './rtc.js';
 import { decodeMask, drawMask, fmt, glassToGlass } from './overlay.js';
+import { clock, composite, fileName, pickMimeType, record, saveBlob, snapshot, withDuration } from './capture.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,6 +22,13 @@ const ui = {
   knownList: $('known-list'),
   start: $('start'),
   stop: $('stop'),
+  stage: $('stage'),
+  rec: $('rec'),
+  snap: $('snap'),
+  mirror: $('mirror'),
+  recSbs: $('rec-sbs'),
+  recBadge: $('rec-badge'),
+  recTime: $('rec-time'),
   transition: $('transition'),
   blend: $('blend'),
   blendV: $('blend-v'),
@@ -61,6 +69,8 @@ const st = {
   lastClient: null,
   hist: [], // recent client samples: frame rate and receive buffer over a sliding window
   model: null, // GET /v1/model, once it answered
+  rec: null, // the recording in progress: { handle, source, startedAt, started, timer, sideBySide }
+  lastRec: null, // what the last recording saved (window.__lipar.recording())
 };
 
 const WINDOW_MS = 3000;
@@ -92,6 +102,8 @@ function settings() {
     transition: ui.transition.value === 'smooth' ? 'smooth' : 'cut',
     blend: Number.parseInt(ui.blend.value, 10) || 0,
     camera: ui.camera.value,
+    mirror: ui.mirror.checked,
+    recSideBySide: ui.recSbs.checked,
   };
 }
 
@@ -118,6 +130,10 @@ function loadSettings() {
   if (pick('steps') != null) ui.steps.value = String(pick('steps'));
   if (pick('transition')) ui.transition.value = pick('transition') === 'smooth' ? 'smooth' : 'cut';
   if (pick('blend') != null) ui.blend.value = String(pick('blend'));
+  const mirror = pick('mirror');
+  if (mirror != null) ui.mirror.checked = !['0', 'false', 'no', false].includes(mirror);
+  if (typeof saved.recSideBySide === 'boolean') ui.recSbs.checked = saved.recSideBySide;
+  syncMirror();
   st.savedCamera = saved.camera || '';
   const autostart = ['1', 'true', 'yes'].includes((q.get('autostart') || '').toLowerCase());
   ui.token.value = takeToken(q);
@@ -398,6 +414,7 @@ function onPeerState(seq, state) {
 }
 
 async function teardown() {
+  stopRecording(); // the file is saved with what was recorded so far
   clearInterval(st.pollTimer);
   clearTimeout(st.discTimer);
   clearTimeout(st.patchTimer);
@@ -411,6 +428,7 @@ async function teardown() {
   }
   st.pc = null;
   ui.out.srcObject = null;
+  syncCapture();
   const old = st.session;
   st.session = null;
   st.pendingPrompt = null;
@@ -517,6 +535,106 @@ function renderMask(srv) {
   st.mask = grid;
   ui.mask.hidden = !(grid && ui.maskOn.checked);
   if (!ui.mask.hidden) drawMask(ui.mask, ui.out, grid);
+}
+
+// ---- recording, snapshots, mirror -----------------------------------------------------------------------
+
+function syncMirror() {
+  ui.stage.classList.toggle('mirrored', ui.mirror.checked);
+}
+
+function outputPlaying() {
+  const v = ui.out;
+  return Boolean(v.srcObject) && v.videoWidth > 0 && v.readyState >= 2 && !v.paused;
+}
+
+// Record and Snapshot need edited frames on screen; Record stays enabled while recording (it is the Stop).
+function syncCapture() {
+  const playing = outputPlaying();
+  const canRecord = pickMimeType() != null;
+  ui.rec.disabled = !st.rec && !(playing && canRecord);
+  ui.snap.disabled = !playing;
+  if (!canRecord) ui.rec.title = 'This browser cannot record video (no MediaRecorder)';
+}
+
+function startRecording() {
+  if (st.rec || !outputPlaying()) return;
+  const mimeType = pickMimeType();
+  if (mimeType == null) return;
+  const wantSbs = ui.recSbs.checked;
+  let source = null;
+  let handle;
+  try {
+    source = composite(ui.out, ui.inp, wantSbs);
+    handle = record(source.stream, mimeType, () => source.paint()); // a first frame at once
+  } catch (e) {
+    if (source) source.stop();
+    showError(`The browser could not start the recording: ${e && e.message ? e.message : e}`);
+    return;
+  }
+  const rec = { handle, source, startedAt: performance.now(), started: new Date(), sideBySide: wantSbs };
+  const tick = () => {
+    ui.recTime.textContent = clock(performance.now() - rec.startedAt);
+  };
+  tick();
+  rec.timer = setInterval(tick, 250);
+  st.rec = rec;
+  ui.recBadge.hidden = false;
+  ui.rec.textContent = '■ Stop & save';
+  ui.rec.setAttribute('aria-pressed', 'true');
+  ui.recSbs.disabled = true;
+  syncCapture();
+  handle.done.then(
+    (blob) => finishRecording(rec, blob, null),
+    (err) => finishRecording(rec, null, err),
+  );
+}
+
+// The frame on screen once more, then stop: the file lasts until now even when the stream paused.
+function stopRecording() {
+  const rec = st.rec;
+  if (!rec || rec.stopping) return;
+  rec.stopping = true;
+  rec.source.paint();
+  setTimeout(() => rec.handle.stop(), 150); // time for the canvas to deliver that frame to the recorder
+}
+
+async function finishRecording(rec, blob, err) {
+  const seconds = (performance.now() - rec.startedAt) / 1000;
+  clearInterval(rec.timer);
+  rec.source.stop();
+  if (st.rec === rec) st.rec = null;
+  ui.recBadge.hidden = true;
+  ui.recTime.textContent = '00:00';
+  ui.rec.textContent = '● Record';
+  ui.rec.setAttribute('aria-pressed', 'false');
+  ui.recSbs.disabled = false;
+  syncCapture();
+  if (err || !blob || !blob.size) {
+    st.lastRec = { state: 'failed', error: String(err ? err.message || err : 'empty recording') };
+    showError(`The recording failed${err && err.message ? `: ${err.message}` : ': no video was recorded.'}`);
+    return;
+  }
+  const name = fileName('webm', rec.started);
+  const file = await withDuration(blob, seconds);
+  saveBlob(file, name);
+  st.lastRec = {
+    state: 'saved',
+    name,
+    bytes: file.size,
+    durationWritten: file !== blob,
+    mimeType: rec.handle.mimeType,
+    seconds,
+    sideBySide: rec.sideBySide,
+  };
+}
+
+async function takeSnapshot() {
+  try {
+    saveBlob(await snapshot(ui.out), fileName('png'));
+  } catch (e) {
+    showError(e && e.message ? e.message : String(e));
+  }
 }
 
 // ---- the model's known prompts -------------------------------------------------------------------------
@@ -655,6 +773,14 @@ function wire() {
     schedulePatch({ seed: settings().seed });
   });
   ui.camera.addEventListener('change', switchCamera);
+  ui.rec.addEventListener('click', () => (st.rec ? stopRecording() : startRecording()));
+  ui.snap.addEventListener('click', takeSnapshot);
+  ui.mirror.addEventListener('change', () => {
+    syncMirror();
+    saveSettings();
+  });
+  ui.recSbs.addEventListener('change', saveSettings);
+  for (const ev of ['playing', 'pause', 'resize', 'loadeddata', 'emptied']) ui.out.addEventListener(ev, syncCapture);
   ui.prompt.addEventListener('input', markKnown);
   ui.maskOn.addEventListener('change', () => {
     ui.mask.hidden = !(st.mask && ui.maskOn.checked);
@@ -689,6 +815,10 @@ window.__lipar = {
   session: () => st.session,
   state: () => st.connState,
   model: () => st.model,
+  recording: () =>
+    st.rec
+      ? { state: 'recording', seconds: (performance.now() - st.rec.startedAt) / 1000, sideBySide: st.rec.sideBySide }
+      : { state: 'idle', last: st.lastRec },
   applyPrompt: (p) => {
     ui.prompt.value = p;
     return applyPrompt();

