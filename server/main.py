@@ -14,12 +14,13 @@ the value of a ``token``-like query parameter (:class:`RedactTokens`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,20 @@ CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
 def make_store(settings: Settings) -> SessionStore:
     """Redis when ``LIPAR_REDIS_URL`` is set, else in memory."""
     return RedisStore(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else MemoryStore()
+
+
+SHUTDOWN_STEP_S = 15.0  #: the longest one shutdown step may take before the next one runs anyway (s)
+
+
+async def _bounded(step: Coroutine[Any, Any, None], seconds: float, what: str) -> None:
+    """Run one shutdown step for at most ``seconds``; past that, cancel it (without waiting) and log."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("shutdown: %s took over %.0f s; going on without it", what, seconds)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown: %s failed: %r", what, task.exception())
 
 
 def create_app(
@@ -101,9 +116,11 @@ def create_app(
         try:
             yield
         finally:
-            await manager.stop()
-            await pool.stop()
-            await store.close()
+            # Each step bounded: a step that hangs (a stuck peer or store call) must not keep the process, and the
+            # workers' shared memory, from shutting down.
+            await _bounded(manager.stop(), SHUTDOWN_STEP_S, "closing the sessions")
+            await _bounded(pool.stop(), SHUTDOWN_STEP_S + 20.0, "stopping the workers")
+            await _bounded(store.close(), SHUTDOWN_STEP_S, "closing the session store")
 
     app = FastAPI(
         title="LIPAR streaming video editing",

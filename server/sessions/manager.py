@@ -65,6 +65,7 @@ from server.worker.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_S = 0.5
+_STOP_TASKS_S = 5.0  # the longest the shutdown waits for cancelled background tasks (s)
 _DELETED_KEPT = 10_000  # ids of deleted sessions remembered (to answer late concurrent DELETEs with 404)
 
 
@@ -111,7 +112,12 @@ class SessionManager:
         """Close every local session (state ``closed``, reason: server shutdown)."""
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a task stuck in a store or peer call must not hold up the shutdown
+            _, stuck = await asyncio.wait(list(self._tasks), timeout=_STOP_TASKS_S)
+            if stuck:
+                log.warning(
+                    "shutdown: %d background task(s) did not stop in %.0f s", len(stuck), _STOP_TASKS_S
+                )
         # concurrently: with the store down each final write waits for its timeout
         await asyncio.gather(*(self._end(sid, CLOSED, "the server shut down") for sid in list(self.live)))
 

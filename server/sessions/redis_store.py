@@ -57,6 +57,7 @@ NODES = PREFIX + "nodes"
 
 DEFAULT_TIMEOUT_S = 2.0
 _RETRY_AFTER_S = 5  # Retry-After of the 503 answered while the store is unavailable
+_CLOSE_S = 3.0  # the longest closing the store waits for its listeners, then for the connections (s)
 _SUBSCRIPTION_CHECK_S = 2.0  # how often the control listener checks that Redis still counts its subscription
 _RESUBSCRIBE_MIN_S, _RESUBSCRIBE_MAX_S = 0.1, 1.0  # back-off between re-subscription attempts
 
@@ -177,8 +178,10 @@ class RedisStore(SessionStore):
     async def close(self) -> None:
         for t in self._listeners:
             t.cancel()
-        await asyncio.gather(*self._listeners, return_exceptions=True)
-        await self.redis.aclose()
+        if self._listeners:  # bounded: closing a subscription blocked on a dead connection must not hang
+            await asyncio.wait(self._listeners, timeout=_CLOSE_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.redis.aclose(), _CLOSE_S)
 
     async def ping(self) -> bool:
         try:
