@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.server.conftest import loopback_ice  # noqa: F401 - a fixture the fault tests use
+from tests.server.conftest import loopback_ice, start_server  # noqa: F401 - fixtures the fault tests use
 from tests.server.server_proc import free_port, wait_until
 
 log = logging.getLogger(__name__)

@@ -64,23 +64,6 @@ def tiny_preset(path: Path, **replace: tuple[str, str]) -> Path:
     return path
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start ``lipar-server`` subprocesses with extra env (``wait``: until /readyz is 200); all are stopped."""
-    started: list[ServerProcess] = []
-
-    def start(wait: bool = True, **env: str) -> ServerProcess:
-        s = ServerProcess(env, tmp_path / f"server{len(started)}.log")
-        started.append(s)
-        if wait:
-            s.wait_ready()
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-
-
 @pytest.fixture(scope="module")
 def clip() -> list[np.ndarray]:
     return load_clip(48)
@@ -108,12 +91,12 @@ def _gone(pid: int) -> bool:
 
 
 async def test_hung_worker_fails_its_session_and_is_restarted(
-    servers: Callable[..., ServerProcess], clip: list[np.ndarray], loopback_ice: None, tmp_path: Path
+    start_server: Callable[..., ServerProcess], clip: list[np.ndarray], loopback_ice: None, tmp_path: Path
 ) -> None:
     """The worker of a streaming session is SIGSTOPped: after the liveness limit (not before) /readyz turns 503
     and lists it, the session fails with "unresponsive", the stopped process is killed, a new worker comes up
     and a new session streams."""
-    srv = servers(
+    srv = start_server(
         LIPAR_CONFIG=str(tiny_preset(tmp_path / "tiny-64.yaml", **SMALL_TINY)),
         OMP_NUM_THREADS="1",
         LIPAR_API_TOKEN=TOKEN,
@@ -199,7 +182,9 @@ async def _if(
     return value if cond(value) else None
 
 
-def test_preset_that_cannot_load_is_given_up(servers: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_preset_that_cannot_load_is_given_up(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
     """A preset whose model file does not exist: the worker fails to start LIPAR_WORKER_MAX_START_FAILURES
     times in a row, then is reported failed (with the load error) and not started again; /readyz stays 503 and
     sessions are refused."""
@@ -207,7 +192,7 @@ def test_preset_that_cannot_load_is_given_up(servers: Callable[..., ServerProces
     preset = tiny_preset(
         tmp_path / "broken.yaml", bundle=("bundle: weights/demo.safetensors", f"bundle: {missing}")
     )
-    srv = servers(
+    srv = start_server(
         wait=False,
         LIPAR_CONFIG=str(preset),
         OMP_NUM_THREADS="1",
