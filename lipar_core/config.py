@@ -159,6 +159,12 @@ class SchedulerConfig(_Strict):
     num_train_timesteps: Annotated[int, Field(ge=2, le=100_000)] = 1000
     shift: Annotated[float, Field(gt=0.0, le=100.0)] = 5.0
     denoising_steps: list[int] = Field(default_factory=lambda: [400, 350, 250])
+    recommended_strength: tuple[float, float] | None = Field(
+        default=None,
+        description="[min, max] edit strength (first step / num_train_timesteps) the model is known to edit "
+        "well at, for clients' controls (GET /v1/model ranges); None = any valid strength. Must contain the "
+        "preset's own strength (denoising_steps[0] / num_train_timesteps)",
+    )
 
     @field_validator("denoising_steps")
     @classmethod
@@ -172,6 +178,23 @@ class SchedulerConfig(_Strict):
                 "denoising_steps must be strictly decreasing (the first one is the edit strength)"
             )
         return v
+
+    @model_validator(mode="after")
+    def _recommended(self) -> SchedulerConfig:
+        if self.recommended_strength is None:
+            return self
+        lo, hi = self.recommended_strength
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(
+                f"recommended_strength must be [min, max] with 0 < min <= max <= 1, got [{lo}, {hi}]"
+            )
+        default = self.denoising_steps[0] / self.num_train_timesteps
+        if not lo <= default <= hi:
+            raise ValueError(
+                f"recommended_strength [{lo}, {hi}] must contain the preset's strength {default:g} "
+                f"(denoising_steps[0] / num_train_timesteps)"
+            )
+        return self
 
 
 class RuntimeConfig(_Strict):

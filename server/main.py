@@ -96,7 +96,8 @@ def create_app(
         backoff_max_s=settings.worker_restart_backoff_max_s,
     )
     manager = SessionManager(settings, store, pool, metrics)
-    model_info = model.ModelInfoSource(settings.config)
+    limits = ParamLimits.for_preset(settings.config, settings.max_prompt_chars)
+    model_info = model.ModelInfoSource(settings.config, limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,7 +131,7 @@ def create_app(
     )
     app.state.settings, app.state.metrics, app.state.manager = settings, metrics, manager
     app.state.model_info = model_info
-    app.state.limits = ParamLimits.for_preset(settings.config, settings.max_prompt_chars)
+    app.state.limits = limits
     app.state.auth_throttle = AuthThrottle(
         settings.auth_fail_limit, settings.auth_fail_window_s, settings.auth_block_s
     )

@@ -1,7 +1,9 @@
 """Pydantic schemas of the REST API v1. OpenAPI (``/openapi.json``) is generated from these and is the contract.
 
 Ranges follow ``lipar_core.editor.StreamEditor``: ``strength`` in (0, 1], ``steps`` in [1, 8], ``blend_blocks``
-in [0, 64]. The prompt length limit is a setting (``LIPAR_MAX_PROMPT_CHARS``) checked by the route.
+in [0, 64]; the constants below (:data:`STRENGTH_MAX`, :data:`STEPS_MIN` ...) are the one copy of them in the server,
+used by the fields and by ``GET /v1/model``'s ``ranges`` (:meth:`ParamLimits.ranges`). The prompt length limit is a
+setting (``LIPAR_MAX_PROMPT_CHARS``) checked by the route.
 
 Request bodies are strict (pydantic strict mode): no lax coercion, so ``"12"`` is not a seed and ``true`` is not a
 number of steps; unknown fields are refused. An integer field takes what JSON Schema calls an integer (``3`` or
@@ -70,11 +72,32 @@ def _integral(value: Any) -> Any:
 
 
 Integral = BeforeValidator(_integral)
+
+#: The limits of the session parameters (the editor's: ``make_step_list`` and ``StreamEditor.set_prompt``; a test
+#: checks they agree). Strength is exclusive of :data:`STRENGTH_EXCLUSIVE_MIN`.
+STRENGTH_EXCLUSIVE_MIN = 0.0
+STRENGTH_MAX = 1.0
+STEPS_MIN = 1
+STEPS_MAX = 8
+BLEND_BLOCKS_MIN = 0
+BLEND_BLOCKS_MAX = 64
+
 Seed = Annotated[int, Integral, Field(ge=0, lt=2**63, description="noise seed")]
-Strength = Annotated[float, Field(gt=0.0, le=1.0, description="edit strength: first denoising step / 1000")]
-Steps = Annotated[int, Integral, Field(ge=1, le=8, description="denoising steps per block")]
+Strength = Annotated[
+    float,
+    Field(
+        gt=STRENGTH_EXCLUSIVE_MIN, le=STRENGTH_MAX, description="edit strength: first denoising step / 1000"
+    ),
+]
+Steps = Annotated[int, Integral, Field(ge=STEPS_MIN, le=STEPS_MAX, description="denoising steps per block")]
 BlendBlocks = Annotated[
-    int, Integral, Field(ge=0, le=64, description="smooth only: blocks to interpolate the prompt over")
+    int,
+    Integral,
+    Field(
+        ge=BLEND_BLOCKS_MIN,
+        le=BLEND_BLOCKS_MAX,
+        description="smooth only: blocks to interpolate the prompt over",
+    ),
 ]
 
 
@@ -288,6 +311,9 @@ class Session(BaseModel):
     transition: Transition = CUT
     blend_blocks: int = 0
     last_error: str | None = Field(default=None, description="last rejected change, if any")
+    prompt_match: PromptMatch | None = Field(
+        default=None, description="how the served model understands `prompt` (see POST /v1/model/match)"
+    )
     created_at: float
     updated_at: float
     stats: SessionStats = SessionStats()
@@ -299,9 +325,80 @@ class SessionList(BaseModel):
     sessions: list[Session]
 
 
+class StrengthRange(BaseModel):
+    """Valid and recommended edit strengths (first denoising step / ``num_train_timesteps``) on this preset."""
+
+    min: float = Field(
+        description="the lowest distinct strength: one training timestep (1 / num_train_timesteps); the API "
+        "accepts any strength above 0, a smaller one gives the same first step"
+    )
+    max: float = Field(description="the highest strength the API accepts")
+    default: float = Field(
+        description="the preset's strength (its first denoising step / num_train_timesteps)"
+    )
+    recommended_min: float = Field(
+        description="the lowest strength the model is known to edit well at (the preset's scheduler."
+        "recommended_strength; without one, min)"
+    )
+    recommended_max: float = Field(description="the highest such strength (without one, max)")
+    min_by_steps: dict[int, float] = Field(
+        description="number of steps -> the lowest strength accepted with it (each step needs a distinct "
+        "step value, so more steps need a higher strength)"
+    )
+
+
+class StepsRange(BaseModel):
+    """Valid denoising steps per block, and the preset's."""
+
+    min: int
+    max: int
+    default: int = Field(description="the preset's number of denoising steps")
+
+
+class IntRange(BaseModel):
+    """An inclusive integer range."""
+
+    min: int
+    max: int
+
+
+class ModelRanges(BaseModel):
+    """What the session parameters may be on this node: the API's own limits (the constants of
+    :mod:`server.api.schemas`, ``LIPAR_MAX_PROMPT_CHARS``) and the preset's defaults and recommendation."""
+
+    strength: StrengthRange
+    steps: StepsRange
+    blend_blocks: IntRange = Field(description="PATCH blend_blocks (with transition smooth)")
+    prompt_max_chars: int = Field(description="the longest prompt accepted (LIPAR_MAX_PROMPT_CHARS)")
+
+
+class PromptMatch(BaseModel):
+    """How the served model understands a prompt.
+
+    A fixed-vocabulary model (a bundle such as the demo ``tiny``): ``known`` says whether the prompt selects one of
+    its edits (``edit``, with that edit's ``canonical`` prompt and the match ``score`` in [0, 1]); an unknown prompt
+    passes the video through unchanged. An open-vocabulary model (umT5): ``known`` is true and ``open_vocabulary``
+    true, any prompt is understood. ``known`` is null when the model's vocabulary could not be read.
+    """
+
+    known: bool | None
+    open_vocabulary: bool = False
+    edit: str | None = Field(
+        default=None, description="the edit the prompt selects (fixed vocabulary, known)"
+    )
+    canonical: str | None = Field(default=None, description="that edit's canonical prompt")
+    score: float | None = Field(default=None, description="similarity to the nearest known prompt, 0..1")
+
+
+class PromptQuery(_In):
+    """``POST /v1/model/match``: a prompt to look up in the served model's vocabulary."""
+
+    prompt: Prompt
+
+
 class ModelInfo(BaseModel):
-    """``GET /v1/model``: the preset this node serves, its stream size and, for a model trained on a fixed set of
-    prompts (a bundle), the prompts it knows."""
+    """``GET /v1/model``: the preset this node serves, its stream size, the valid ranges of the session
+    parameters and, for a model trained on a fixed set of prompts (a bundle), the prompts it knows."""
 
     preset: str = Field(description="LIPAR_CONFIG: a preset name or a YAML preset path")
     description: str = Field(description="the preset's description")
@@ -316,6 +413,7 @@ class ModelInfo(BaseModel):
         description="edit name -> the prompts the model was trained on, canonical first; null for an "
         "open-vocabulary model (any prompt) or when the vocabulary could not be read"
     )
+    ranges: ModelRanges = Field(description="valid (and recommended) values of the session parameters")
 
 
 class ErrorBody(BaseModel):
@@ -367,6 +465,7 @@ class ParamLimits:
     sink_frames: int
     token_frames_per_block: int
     max_prompt_chars: int
+    recommended_strength: tuple[float, float] | None = None
 
     @classmethod
     def for_preset(cls, config: str, max_prompt_chars: int) -> ParamLimits:
@@ -387,12 +486,45 @@ class ParamLimits:
             sink_frames=cfg.stream.sink_frames,
             token_frames_per_block=geometry.token_frames_per_block,
             max_prompt_chars=max_prompt_chars,
+            recommended_strength=cfg.scheduler.recommended_strength,
         )
 
     @property
     def default_strength(self) -> float:
         """The preset's strength: its first denoising step over the number of training timesteps."""
         return self.default_steps[0] / self.num_train_timesteps
+
+    def ranges(self) -> ModelRanges:
+        """The valid ranges of the session parameters on this preset, from the field limits above, the prompt
+        setting and the preset (``GET /v1/model``). ``min_by_steps[k]`` is the lowest strength from which every
+        strength up to the maximum passes :meth:`step_list` (the check requests go through) with ``k`` steps;
+        found by trying each first-step value from the top down (~60 ms for 1000 timesteps: call it once)."""
+        n = self.num_train_timesteps
+        min_by_steps: dict[int, float] = {}
+        for k in range(STEPS_MIN, STEPS_MAX + 1):
+            lowest: int | None = None
+            for first in range(round(STRENGTH_MAX * n), 0, -1):
+                try:
+                    self.step_list(first / n, k)
+                except ValueError:
+                    break
+                lowest = first
+            if lowest is not None:
+                min_by_steps[k] = lowest / n
+        lo, hi = self.recommended_strength or (1 / n, STRENGTH_MAX)
+        return ModelRanges(
+            strength=StrengthRange(
+                min=1 / n,
+                max=STRENGTH_MAX,
+                default=self.default_strength,
+                recommended_min=lo,
+                recommended_max=hi,
+                min_by_steps=min_by_steps,
+            ),
+            steps=StepsRange(min=STEPS_MIN, max=STEPS_MAX, default=len(self.default_steps)),
+            blend_blocks=IntRange(min=BLEND_BLOCKS_MIN, max=BLEND_BLOCKS_MAX),
+            prompt_max_chars=self.max_prompt_chars,
+        )
 
     def step_list(self, strength: float, steps: int) -> list[int]:
         """The denoising step values the editor would make of ``strength`` and ``steps`` (its
@@ -444,6 +576,12 @@ class ParamLimits:
                 )
             ]
         return []
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise a 422 when ``prompt`` is over ``LIPAR_MAX_PROMPT_CHARS``."""
+        errors = self._prompt(prompt)
+        if errors:
+            raise _invalid(errors)
 
     def check_create(self, body: SessionCreate) -> None:
         """Raise a 422 (:class:`RequestValidationError`) when the worker would refuse to open this session."""

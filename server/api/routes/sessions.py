@@ -8,11 +8,13 @@ create links to the operations on the new session (OpenAPI links, followed by st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 
 from server.api.deps import LimitsDep, ManagerDep, SettingsDep, require_token
+from server.api.routes.model import ModelInfoDep, ModelInfoSource
 from server.api.schemas import (
     ErrorResponse,
     SdpAnswer,
@@ -52,6 +54,13 @@ _ERRORS: dict[int, dict[str, Any]] = {
 }
 
 
+async def _session(record: Mapping[str, Any], model: ModelInfoSource) -> Session:
+    """The API's view of a session record, with how the served model understands its prompt (``prompt_match``)."""
+    session = Session.model_validate(record)
+    session.prompt_match = (await model.matcher()).match(session.prompt)
+    return session
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses: the error envelope, the description, the headers."""
     return {s: {"model": ErrorResponse, **_ERRORS[s]} for s in statuses}
@@ -89,7 +98,9 @@ router = APIRouter(
     operation_id="create_session",
     responses={201: {"description": "the session, waiting for its offer", **_LINKS}, **errors(400, 413, 422)},
 )
-async def create_session(body: SessionCreate, manager: ManagerDep, limits: LimitsDep) -> Session:
+async def create_session(
+    body: SessionCreate, manager: ManagerDep, limits: LimitsDep, model: ModelInfoDep
+) -> Session:
     """Create a session on a worker with room (503 + ``Retry-After`` when full). Next: POST the offer.
 
     422 also when the values cannot work together on this preset: a strength too low for the number of steps
@@ -97,19 +108,19 @@ async def create_session(body: SessionCreate, manager: ManagerDep, limits: Limit
     ``LIPAR_MAX_PROMPT_CHARS``.
     """
     limits.check_create(body)
-    return Session.model_validate(await manager.create(body.to_spec()))
+    return await _session(await manager.create(body.to_spec()), model)
 
 
 @router.get("", response_model=SessionList, operation_id="list_sessions")
-async def list_sessions(manager: ManagerDep) -> SessionList:
+async def list_sessions(manager: ManagerDep, model: ModelInfoDep) -> SessionList:
     """Every session (all nodes), with live stats."""
-    return SessionList(sessions=[Session.model_validate(r) for r in await manager.list_all()])
+    return SessionList(sessions=[await _session(r, model) for r in await manager.list_all()])
 
 
 @router.get("/{session_id}", response_model=Session, operation_id="get_session", responses=errors(404))
-async def get_session(session_id: str, manager: ManagerDep) -> Session:
+async def get_session(session_id: str, manager: ManagerDep, model: ModelInfoDep) -> Session:
     """One session with its live stats."""
-    return Session.model_validate(await manager.get(session_id))
+    return await _session(await manager.get(session_id), model)
 
 
 @router.post(
@@ -132,7 +143,7 @@ async def offer(session_id: str, body: SdpOffer, manager: ManagerDep, settings: 
     responses=errors(400, 404, 409, 413, 422),
 )
 async def patch_session(
-    session_id: str, body: SessionPatch, manager: ManagerDep, limits: LimitsDep
+    session_id: str, body: SessionPatch, manager: ManagerDep, limits: LimitsDep, model: ModelInfoDep
 ) -> Session:
     """Change the prompt (``transition`` cut or smooth) or parameters; applied at the next block boundary.
 
@@ -142,7 +153,7 @@ async def patch_session(
     current = await manager.get(session_id)  # 404 first
     if current["state"] not in TERMINAL_STATES:  # a finished session: the manager answers 409
         limits.check_patch(body, current)
-    return Session.model_validate(await manager.patch(session_id, body.to_change()))
+    return await _session(await manager.patch(session_id, body.to_change()), model)
 
 
 @router.delete(

@@ -1,0 +1,19 @@
+// GET /v1/model: what the served model is, applied to the page (its defaults, its crop, its known prompts).
+
+import { renderKnown } from './prompts.js';
+import { applyModelDefaults } from './settings.js';
+import { showModelCrop } from './view.js';
+
+/** Read the model info once (public: no token needed, so the chips are there from the start). An older server
+ * or a network error: nothing changes, and the next Start tries again. */
+export async function loadModel({ api, st }) {
+  if (st.model) return;
+  try {
+    st.model = await api.model();
+  } catch {
+    return;
+  }
+  applyModelDefaults(st.model);
+  showModelCrop(st.model);
+  renderKnown(st.model && st.model.prompts);
+}
