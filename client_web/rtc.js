@@ -19,8 +19,9 @@ export async function listCameras() {
   return devices.filter((d) => d.kind === 'videoinput');
 }
 
-// Wait until ICE gathering completes (the server does no trickle ICE), or give up after timeoutMs.
-function gatheringDone(pc, timeoutMs = 3000) {
+// Wait until ICE gathering completes (the server does no trickle ICE), or give up after timeoutMs. Also used by
+// the viewer page (viewer.js).
+export function gatheringDone(pc, timeoutMs = 3000) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
     const timer = setTimeout(done, timeoutMs);

@@ -32,11 +32,12 @@ from fastapi.staticfiles import StaticFiles
 from server.api import errors
 from server.api.deps import AuthThrottle
 from server.api.middleware import AllowedMethods, BodySizeLimit, SecurityHeaders
-from server.api.routes import health, model, sessions
+from server.api.routes import health, model, sessions, viewer
 from server.api.schemas import ParamLimits
 from server.metrics import Metrics
 from server.rtc.codecs import apply_bitrate
-from server.rtc.ice import configure_ice
+from server.rtc.ice import configure_ice, rtc_configuration
+from server.rtc.viewers import Viewers
 from server.sessions.manager import SessionManager
 from server.sessions.memory_store import MemoryStore
 from server.sessions.redis_store import RedisStore
@@ -98,6 +99,9 @@ def create_app(
     manager = SessionManager(settings, store, pool, metrics)
     limits = ParamLimits.for_preset(settings.config, settings.max_prompt_chars)
     model_info = model.ModelInfoSource(settings.config, limits)
+    viewers = Viewers(
+        settings.viewers_per_session, rtc_configuration(settings.ice_servers), settings.video_codec
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,6 +123,7 @@ def create_app(
         finally:
             # Each step bounded: a step that hangs (a stuck peer or store call) must not keep the process, and the
             # workers' shared memory, from shutting down.
+            await _bounded(viewers.close(), SHUTDOWN_STEP_S, "closing the viewers")
             await _bounded(manager.stop(), SHUTDOWN_STEP_S, "closing the sessions")
             await _bounded(pool.stop(), SHUTDOWN_STEP_S + 20.0, "stopping the workers")
             await _bounded(store.close(), SHUTDOWN_STEP_S, "closing the session store")
@@ -132,6 +137,7 @@ def create_app(
     app.state.settings, app.state.metrics, app.state.manager = settings, metrics, manager
     app.state.model_info = model_info
     app.state.limits = limits
+    app.state.viewers = viewers
     app.state.auth_throttle = AuthThrottle(
         settings.auth_fail_limit, settings.auth_fail_window_s, settings.auth_block_s
     )
@@ -139,6 +145,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(model.router)
+    app.include_router(viewer.router)
     # innermost: CORS preflights come first
     app.add_middleware(
         AllowedMethods, paths=lambda: {p: ops.keys() for p, ops in app.openapi()["paths"].items()}
@@ -154,6 +161,7 @@ def create_app(
     app.add_middleware(SecurityHeaders, connect_src=settings.csp_connect_src)  # outermost: also on 413s
     _document_api(app, settings)
     if client_dir is not None and client_dir.is_dir():
+        app.include_router(viewer.page_router(client_dir))  # /view/{id}, before the static files
         app.mount("/", StaticFiles(directory=client_dir, html=True, check_dir=False), name="client")
     return app
 

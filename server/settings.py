@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     config: str = Field(default="tiny", description="model preset name (e.g. tiny) or a YAML preset path")
     devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["cpu"])
     sessions_per_worker: Annotated[int, Field(ge=1, le=64)] = 2
+    viewers_per_session: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=8,
+        description="read-only viewers (/view/{id}) one session may have at once; 0 turns viewers off",
+    )
     redis_url: str | None = None
     node_id: str = Field(default_factory=socket.gethostname)
     public_url: str | None = Field(default=None, description="base URL where clients reach this node")

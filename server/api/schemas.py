@@ -314,6 +314,11 @@ class Session(BaseModel):
     prompt_match: PromptMatch | None = Field(
         default=None, description="how the served model understands `prompt` (see POST /v1/model/match)"
     )
+    viewer_url: str | None = Field(
+        default=None,
+        description="the session's read-only viewer page on its node (add #token=<token> when the server has "
+        "one); it works as an OBS browser source",
+    )
     created_at: float
     updated_at: float
     stats: SessionStats = SessionStats()

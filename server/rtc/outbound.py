@@ -208,6 +208,9 @@ class EditedVideoTrack(MediaStreamTrack):
         self._last_c: float | None = None  # capture time of the last frame put (s)
         self._last_due: float | None = None  # due time of the last frame sent (s)
         self.dropped = 0
+        #: also called with every frame handed to the encoder (read-only viewers, :mod:`server.rtc.viewers`); each
+        #: must be quick and never raise
+        self.frame_listeners: list[Callable[[OutFrame], None]] = []
 
     @property
     def queued(self) -> int:
@@ -299,4 +302,6 @@ class EditedVideoTrack(MediaStreamTrack):
         frame.pts = f.pts
         frame.time_base = fractions.Fraction(f.time_base).limit_denominator(1_000_000)
         self.on_sent(f, self.clock())
+        for listener in tuple(self.frame_listeners):
+            listener(f)
         return frame

@@ -54,10 +54,17 @@ _ERRORS: dict[int, dict[str, Any]] = {
 }
 
 
+def viewer_page_url(offer_url: str, session_id: str) -> str:
+    """The read-only viewer page of a session on its own node (``/view/{id}``), from the session's ``offer_url``."""
+    return offer_url.removesuffix(f"/v1/sessions/{session_id}/offer") + f"/view/{session_id}"
+
+
 async def _session(record: Mapping[str, Any], model: ModelInfoSource) -> Session:
-    """The API's view of a session record, with how the served model understands its prompt (``prompt_match``)."""
+    """The API's view of a session record, with how the served model understands its prompt (``prompt_match``)
+    and the session's viewer page (``viewer_url``)."""
     session = Session.model_validate(record)
     session.prompt_match = (await model.matcher()).match(session.prompt)
+    session.viewer_url = viewer_page_url(session.offer_url, session.id)
     return session
 
 
