@@ -65,6 +65,30 @@ export class Api {
     return this.request('GET', '/v1/model');
   }
 
+  // How the served model understands a prompt: { known, edit, canonical, score } for a fixed-vocabulary model
+  // (known false: the video passes through unchanged), { known: true, open_vocabulary: true } for any prompt.
+  // Public, like model(). An older server answers 404 or 405.
+  matchPrompt(prompt) {
+    return this.request('POST', '/v1/model/match', { prompt }, { timeoutMs: 5000 });
+  }
+
+  // GET /readyz, its body whatever the status (503 while the workers load or compile: the body says how far).
+  async ready() {
+    const headers = { Accept: 'application/json' };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), 5000);
+    try {
+      const res = await fetch(`${this.base}/readyz`, { headers, signal: ctl.signal });
+      const body = await res.json().catch(() => null);
+      return { ok: res.ok, status: res.status, body };
+    } catch {
+      return { ok: false, status: 0, body: null };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   createSession(params) {
     return this.request('POST', '/v1/sessions', params);
   }

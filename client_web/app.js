@@ -11,7 +11,10 @@ import { readStats } from './rtc.js';
 import { applyPrompt, start, stop } from './session.js';
 import { loadSettings } from './settings.js';
 import { createApp } from './state.js';
+import { viewerLink } from './share.js';
+import { resetStats } from './stats.js';
 import { showError } from './status.js';
+import { initFullscreen } from './view.js';
 
 const app = createApp();
 const { st } = app;
@@ -23,6 +26,7 @@ window.__lipar = {
   state: () => st.connState,
   model: () => st.model,
   recording: () => recordingInfo(st),
+  viewerLink: () => viewerLink(app),
   applyPrompt: (p) => {
     ui.prompt.value = p;
     return applyPrompt(app);
@@ -32,6 +36,8 @@ window.__lipar = {
 };
 
 const { autostart } = loadSettings(st);
+resetStats();
+initFullscreen();
 wire(app);
 refreshCameras(st);
 loadModel(app);

@@ -41,4 +41,23 @@ export const ui = {
   maskOn: $('mask-on'),
   maskNote: $('mask-note'),
   s: { fps: $('s-fps'), lat: $('s-lat'), prune: $('s-prune'), block: $('s-block') },
+  // compare and look (view.js)
+  viewModes: [...document.querySelectorAll('input[name="view"]')],
+  fullscreen: $('fullscreen'),
+  outFrame: $('out-frame'),
+  splitIn: $('split-in'),
+  splitClip: $('split-in-clip'),
+  splitLine: $('split-line'),
+  splitPos: $('split-pos'),
+  // feedback
+  promptNote: $('prompt-note'),
+  warmupBar: $('warmup-bar'),
+  strengthHint: $('strength-hint'),
+  strengthFull: $('strength-full'),
+  strengthFullField: $('strength-full-field'),
+  // share (share.js)
+  copyLink: $('copy-link'),
+  share: $('share'),
+  shareNote: $('share-note'),
+  viewerLink: $('viewer-link'),
 };

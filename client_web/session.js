@@ -6,12 +6,14 @@ import { ApiError } from './api.js';
 import { ensureCamera, stopCamera } from './camera.js';
 import { ui } from './dom.js';
 import { loadModel } from './model.js';
-import { renderApplied } from './prompts.js';
+import { renderApplied, showMatch } from './prompts.js';
 import { stopRecording, syncCapture } from './recording.js';
 import { connectPeer, readStats } from './rtc.js';
 import { settings, saveSettings } from './settings.js';
 import { clearMask, renderMask, renderStats, resetStats, windowed } from './stats.js';
+import { syncShare } from './share.js';
 import { clearError, setConn, setPlaceholder, showError } from './status.js';
+import { stopWarmup, watchWarmup } from './warmup.js';
 
 const POLL_MS = 1000;
 const MAX_BACKOFF_S = 30;
@@ -77,6 +79,7 @@ async function connect(app) {
       return;
     }
     st.session = session;
+    if (session.prompt_match) showMatch(st, s.prompt, session.prompt_match);
     if (api.token) sessionStorage.setItem('lipar.token', api.token);
     loadModel(app);
     const offerUrl = await offerUrlFor(app, session);
@@ -92,7 +95,7 @@ async function connect(app) {
     });
     if (seq !== st.offerSeq) return;
     setConn(st, 'connecting', 'Connected, warming up…');
-    setPlaceholder('Warming up the model…');
+    watchWarmup(app); // 'Warming up the model…', the seconds waited and the server's progress
     startPolling(app);
   } catch (e) {
     if (seq !== st.offerSeq) return;
@@ -181,6 +184,7 @@ function onPeerState(app, seq, state) {
 async function teardown(app) {
   const { api, st } = app;
   stopRecording(st); // the file is saved with what was recorded so far
+  stopWarmup(st);
   clearInterval(st.timers.poll);
   clearTimeout(st.timers.disc);
   clearTimeout(st.timers.patch);
@@ -199,6 +203,7 @@ async function teardown(app) {
   st.session = null;
   st.pendingPrompt = null;
   clearMask(st);
+  syncShare(app);
   if (old) await api.deleteSession(old.id).catch(() => {});
 }
 
@@ -241,6 +246,7 @@ async function poll(app) {
     if (cli.framesDecoded > 0 && !st.framesSeen) {
       st.framesSeen = true;
       st.attempt = 0;
+      stopWarmup(st);
       clearError();
       setPlaceholder(null);
     }
@@ -258,9 +264,10 @@ async function poll(app) {
     return;
   }
   if (st.framesSeen) setConn(st, 'live', srv.state === 'streaming' ? 'Live' : 'Connected');
-  renderStats(srv, cli);
+  renderStats(st, srv, cli);
   renderApplied(st, srv.stats || {});
   renderMask(st, srv);
+  syncShare(app);
 }
 
 // ---- live changes --------------------------------------------------------------------------------------
@@ -270,6 +277,7 @@ async function patch({ api, st }, changes) {
   try {
     const updated = await api.patchSession(st.session.id, changes);
     st.session = { ...st.session, ...updated };
+    if (updated && updated.prompt_match && changes.prompt) showMatch(st, changes.prompt, updated.prompt_match);
     clearError();
   } catch (e) {
     showError(e);

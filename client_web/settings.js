@@ -3,7 +3,7 @@
 
 import { ui } from './dom.js';
 import { showError } from './status.js';
-import { syncMirror } from './view.js';
+import { setSplit, setView, splitPosition, syncMirror, viewMode } from './view.js';
 
 const STORE_KEY = 'lipar.settings.v1';
 
@@ -11,16 +11,21 @@ const STORE_KEY = 'lipar.settings.v1';
 export function settings() {
   const seed = Number.parseInt(ui.seed.value, 10);
   const steps = Number.parseInt(ui.steps.value, 10);
+  const lo = Number.parseInt(ui.steps.min, 10) || 1;
+  const hi = Number.parseInt(ui.steps.max, 10) || 8;
   return {
     prompt: ui.prompt.value.trim(),
     seed: Number.isFinite(seed) && seed >= 0 ? seed : 0,
     strength: Number.parseFloat(ui.strength.value),
-    steps: Number.isFinite(steps) ? Math.min(8, Math.max(1, steps)) : 3,
+    steps: Number.isFinite(steps) ? Math.min(hi, Math.max(lo, steps)) : 3,
     transition: ui.transition.value === 'smooth' ? 'smooth' : 'cut',
     blend: Number.parseInt(ui.blend.value, 10) || 0,
     camera: ui.camera.value,
     mirror: ui.mirror.checked,
     recSideBySide: ui.recSbs.checked,
+    view: viewMode(),
+    split: splitPosition(),
+    strengthFull: ui.strengthFull.checked,
   };
 }
 
@@ -51,7 +56,10 @@ export function loadSettings(st) {
   const mirror = pick('mirror');
   if (mirror != null) ui.mirror.checked = !['0', 'false', 'no', false].includes(mirror);
   if (typeof saved.recSideBySide === 'boolean') ui.recSbs.checked = saved.recSideBySide;
+  if (typeof saved.strengthFull === 'boolean') ui.strengthFull.checked = saved.strengthFull;
   syncMirror();
+  setView(pick('view'));
+  setSplit(Number.parseFloat(pick('split') ?? 50));
   st.savedCamera = saved.camera || '';
   const autostart = ['1', 'true', 'yes'].includes((q.get('autostart') || '').toLowerCase());
   ui.token.value = takeToken(q);
@@ -104,12 +112,71 @@ export function syncLabels() {
 }
 
 // The model's own strength and steps (a model trained for one noise level edits poorly at another), unless
-// the address names them.
+// the address names them; with `ranges` (GET /v1/model) the controls' limits too.
 export function applyModelDefaults(model) {
   const q = new URLSearchParams(location.search);
+  if (model && model.ranges) {
+    applyRanges(model.ranges, q);
+    return;
+  }
+  // an older server: its defaults only, the page's own limits
   if (model && Number.isFinite(model.strength) && !q.has('strength')) {
     ui.strength.value = String(model.strength);
     ui.strengthV.textContent = Number.parseFloat(ui.strength.value).toFixed(2);
   }
   if (model && Number.isFinite(model.steps) && !q.has('steps')) ui.steps.value = String(model.steps);
+}
+
+const STRENGTH_STEP = 0.01;
+
+function applyRanges(r, q) {
+  if (r.steps) {
+    ui.steps.min = String(r.steps.min);
+    ui.steps.max = String(r.steps.max);
+    if (!q.has('steps') && Number.isFinite(r.steps.default)) ui.steps.value = String(r.steps.default);
+  }
+  if (r.blend_blocks) {
+    ui.blend.min = String(r.blend_blocks.min);
+    ui.blend.max = String(r.blend_blocks.max);
+  }
+  if (Number.isFinite(r.prompt_max_chars)) ui.prompt.maxLength = r.prompt_max_chars;
+  const s = r.strength;
+  if (!s) return;
+  const asked = q.has('strength') ? Number.parseFloat(q.get('strength')) : s.default;
+  const want = Number.isFinite(asked) ? asked : s.default;
+  const narrower = s.recommended_min > s.min || s.recommended_max < s.max;
+  ui.strengthFullField.hidden = !narrower;
+  // a strength the address asks for outside the recommended range: the full range, so that it is kept
+  if (narrower && (want < s.recommended_min || want > s.recommended_max)) ui.strengthFull.checked = true;
+  syncStrengthRange(r);
+  ui.strength.value = String(want);
+  syncLabels();
+}
+
+/**
+ * The strength slider's limits: the model's recommended range (GET /v1/model `ranges.strength`), or with
+ * "Full range (advanced)" ticked every strength the API accepts; either way no lower than the steps in use
+ * allow (`min_by_steps`). Rounded inward to the slider's 0.01 step. Returns whether the value changed (the
+ * browser clamps it into the new range).
+ */
+export function syncStrengthRange(ranges) {
+  const s = ranges && ranges.strength;
+  if (!s) return false;
+  const full = ui.strengthFull.checked || ui.strengthFullField.hidden;
+  const steps = settings().steps;
+  const byStep = s.min_by_steps && Number.isFinite(s.min_by_steps[steps]) ? s.min_by_steps[steps] : s.min;
+  let lo = Math.max(full ? s.min : s.recommended_min, byStep);
+  let hi = full ? s.max : s.recommended_max;
+  lo = Math.ceil(lo / STRENGTH_STEP - 1e-6) * STRENGTH_STEP;
+  hi = Math.max(lo, Math.floor(hi / STRENGTH_STEP + 1e-6) * STRENGTH_STEP);
+  const before = ui.strength.value;
+  ui.strength.step = String(STRENGTH_STEP);
+  ui.strength.min = lo.toFixed(2);
+  ui.strength.max = hi.toFixed(2);
+  ui.strengthHint.hidden = ui.strengthFullField.hidden; // only where the model recommends a range
+  ui.strengthHint.textContent = full
+    ? `recommended for this model: ${s.recommended_min.toFixed(2)}–${s.recommended_max.toFixed(2)}`
+    : `the range this model edits well at (${lo.toFixed(2)}–${hi.toFixed(2)})`;
+  syncLabels();
+  return ui.strength.value !== before;
 }

@@ -19,12 +19,16 @@ export function createState() {
     connState: 'idle', // the status pill's state (status.js)
     savedCamera: '', // settings.js: the camera chosen last time, until the camera list is known
     // stats.js: the live numbers
-    stats: { hist: [], lastSession: null, lastClient: null, mask: null },
+    stats: { hist: [], smooth: {}, lastSession: null, lastClient: null, mask: null },
     // recording.js: the recording in progress ({ handle, source, startedAt, started, timer, sideBySide }) and
     // what the last one saved (window.__lipar.recording())
     rec: { current: null, last: null },
     // model.js: GET /v1/model, once it answered
     model: null,
+    // prompts.js: the check of the prompt in the field (debounce timer, newest request, endpoint there or not)
+    promptCheck: { timer: null, seq: 0, supported: null },
+    // warmup.js: the /readyz watch while the model warms up
+    warmup: { timer: null, since: 0, progress: null },
   };
 }
 

@@ -8,11 +8,16 @@
 // retry countdown; that session is deleted → the page reconnects by itself with the same prompt; (4) more
 // than MIN_FRAMES edited frames are decoded (RTCPeerConnection.getStats via window.__lipar.stats());
 // (5) the prompt is changed in the page (type + Enter) and the session's stats (REST API) report it
-// active; (6) screenshots (desktop); (7) Snapshot → a PNG download, Record → timer (screenshot) → Stop → a webm
+// active; (6) screenshots (desktop); feedback: the strength and steps controls follow GET /v1/model's ranges
+// (recommended range, full range behind a toggle), the notice by the prompt field for an unknown and a known
+// prompt (POST /v1/model/match); compare and look: the split view (aligned, mirrored alike, its divider moved by
+// keyboard and pointer; screenshot), output only, the view kept in localStorage, fullscreen on and off; "Copy
+// viewer link"; (7) Snapshot → a PNG download, Record → timer (screenshot) → Stop → a webm
 // download of REC_S seconds (env, default 30), then a short side-by-side recording; screenshot at 360 px phone
 // width; Stop ends the session; (8) a link carrying the
 // token in its fragment (#token=...): the page takes it, keeps it in sessionStorage and clears the address bar.
-// Every step's time, any unexpected browser console error and every Content-Security-Policy violation (the
+// While waiting for the first frames the warm-up texts shown are collected; during the long recording the stats
+// overlay is sampled (it must never drop to 0 or a dash between the server's blocks). Every step's time, any unexpected browser console error and every Content-Security-Policy violation (the
 // server sends a strict CSP) go into the result.
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -135,10 +140,18 @@ try {
   await api('DELETE', `/v1/sessions/${blocker.id}`);
 
   // 4. The page reconnected with the same prompt and settings: edited frames arrive.
+  const warmupTexts = new Set();
   const first = await waitFor(`framesDecoded > ${MIN_FRAMES}`, 60000, async () => {
     const s = await page.evaluate(() => window.__lipar.stats());
+    const ph = await page.evaluate(() => {
+      const p = document.getElementById('placeholder');
+      const bar = document.getElementById('warmup-bar');
+      return p.hidden ? null : { text: p.textContent.trim(), bar: bar.hidden ? null : [bar.value, bar.max] };
+    });
+    if (ph) warmupTexts.add(JSON.stringify(ph));
     return { done: s.framesDecoded > MIN_FRAMES, ...s };
-  });
+  }, 200);
+  result.warmup_texts = [...warmupTexts].map((t) => JSON.parse(t));
   mark('frames_decoded', { stats: first });
   await page.mouse.move(0, 0); // no hover highlight in the picture
   result.screenshot_first = path.join(outDir, 'page-first.png');  // edited with the first prompt
@@ -188,6 +201,9 @@ try {
   result.overlay = await page.evaluate(() =>
     Object.fromEntries(['s-fps', 's-lat', 's-prune', 's-block'].map((id) => [id, document.getElementById(id).textContent])),
   );
+  result.overlay_titles = await page.evaluate(() =>
+    Object.fromEntries(['s-fps', 's-lat', 's-prune', 's-block'].map((id) => [id, document.getElementById(id).title])),
+  );
   result.connection = await page.textContent('#conn');
   result.error_banner_hidden = await page.evaluate(() => document.getElementById('error').hidden);
 
@@ -227,6 +243,181 @@ try {
   result.mirror_off = await transforms();
   await page.check('#mirror');
   await page.uncheck('#mask-on');
+
+  // Feedback: the controls take their limits from GET /v1/model's ranges.
+  result.model_ranges = model.ranges || null;
+  const strengthControl = () =>
+    page.evaluate(() => {
+      const s = document.getElementById('strength');
+      const n = document.getElementById('steps');
+      const full = document.getElementById('strength-full-field');
+      return {
+        min: Number(s.min), max: Number(s.max), step: Number(s.step), value: Number(s.value),
+        steps_min: Number(n.min), steps_max: Number(n.max), steps: Number(n.value),
+        full_toggle_visible: !full.hidden, hint: document.getElementById('strength-hint').textContent,
+        prompt_max: document.getElementById('prompt').maxLength,
+      };
+    });
+  result.strength_control = { recommended: await strengthControl() };
+  if (result.strength_control.recommended.full_toggle_visible) {
+    await page.check('#strength-full');
+    result.strength_control.full = await strengthControl();
+    await page.uncheck('#strength-full');
+    result.strength_control.back = await strengthControl();
+  }
+  mark('ranges');
+
+  // Feedback: the notice by the prompt field says whether the model knows what is typed (not applied: no Enter).
+  const UNKNOWN_PROMPT = 'a purple giraffe made of clouds';
+  const notice = async (prompt) => {
+    await page.fill('#prompt', prompt);
+    const expected = await (
+      await fetch(`${url}/v1/model/match`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ prompt }),
+      })
+    ).json();
+    const shown = await waitFor(`the notice for "${prompt}"`, 10000, async () => {
+      const r = await page.evaluate(() => {
+        const n = document.getElementById('prompt-note');
+        return { hidden: n.hidden, kind: n.dataset.kind || null, text: n.textContent };
+      });
+      return { done: !r.hidden && r.kind === (expected.known ? 'known' : 'unknown'), ...r };
+    });
+    return { prompt, api: expected, kind: shown.kind, text: shown.text };
+  };
+  result.prompt_notice = { unknown: await notice(UNKNOWN_PROMPT), known: await notice(SECOND_PROMPT) };
+  mark('prompt_notice');
+
+  // Compare and look: the split view. One frame: the webcam left of the divider, the edited video right of it,
+  // both covering the same box (the output's aspect ratio) and mirrored alike.
+  await page.check('input[name="view"][value="split"]');
+  result.split = await waitFor('the split view with the webcam playing in it', 10000, async () => {
+    const r = await page.evaluate(() => {
+      const rect = (el) => {
+        const b = el.getBoundingClientRect();
+        return [b.x, b.y, b.width, b.height].map((v) => Math.round(v));
+      };
+      const out = document.getElementById('out');
+      const sin = document.getElementById('split-in');
+      const paneIn = document.querySelector('.pane-in');
+      return {
+        view: document.getElementById('stage').dataset.view,
+        webcam_pane_shown: getComputedStyle(paneIn).display !== 'none',
+        split_in_playing: sin.videoWidth > 0 && !sin.paused,
+        out_rect: rect(out),
+        split_in_rect: rect(sin),
+        out_aspect: out.videoWidth / out.videoHeight,
+        frame_aspect: out.getBoundingClientRect().width / out.getBoundingClientRect().height,
+        transforms: [out, sin].map((e) => getComputedStyle(e).transform),
+        clip: getComputedStyle(document.getElementById('split-in-clip')).clipPath,
+        divider_left: getComputedStyle(document.getElementById('split-line')).left,
+        frame_width: Math.round(document.getElementById('out-frame').getBoundingClientRect().width),
+      };
+    });
+    return { done: r.view === 'split' && r.split_in_playing, ...r };
+  });
+  // the divider by keyboard: focus it, five steps left
+  await page.focus('#split-pos');
+  for (let i = 0; i < 5; i += 1) await page.keyboard.press('ArrowLeft');
+  result.split.after_keys = await page.evaluate(() => ({
+    value: Number(document.getElementById('split-pos').value),
+    split: document.getElementById('out-frame').style.getPropertyValue('--split'),
+  }));
+  // and by pointer: drag it to a quarter of the frame's width
+  const box = await page.locator('#out-frame').boundingBox();
+  await page.mouse.move(box.x + box.width * 0.45, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.35, box.y + box.height / 2, { steps: 4 });
+  await page.mouse.move(box.x + box.width * 0.25, box.y + box.height / 2, { steps: 4 });
+  await page.mouse.up();
+  result.split.after_drag = await page.evaluate(() => Number(document.getElementById('split-pos').value));
+  await page.focus('#split-pos');
+  await page.keyboard.press('Home');
+  result.split.after_home = await page.evaluate(() => Number(document.getElementById('split-pos').value));
+  await page.evaluate(() => {
+    const el = document.getElementById('split-pos');
+    el.value = '50';
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+    el.dispatchEvent(new Event('change', { bubbles: true }));
+  });
+  result.split.saved = await page.evaluate(() => JSON.parse(localStorage.getItem('lipar.settings.v1') || '{}').view);
+  await page.mouse.move(0, 0);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  result.screenshot_split = path.join(outDir, 'page-split.png');
+  await page.screenshot({ path: result.screenshot_split });
+  mark('split_view');
+
+  await page.check('input[name="view"][value="output"]');
+  result.output_only = await page.evaluate(() => ({
+    view: document.getElementById('stage').dataset.view,
+    webcam_pane_shown: getComputedStyle(document.querySelector('.pane-in')).display !== 'none',
+    divider_shown: !document.getElementById('split-pos').hidden,
+    saved: JSON.parse(localStorage.getItem('lipar.settings.v1') || '{}').view,
+  }));
+  await page.check('input[name="view"][value="sbs"]');
+  result.side_by_side = await page.evaluate(() => ({
+    view: document.getElementById('stage').dataset.view,
+    webcam_pane_shown: getComputedStyle(document.querySelector('.pane-in')).display !== 'none',
+    split_in_source: document.getElementById('split-in').srcObject !== null,
+  }));
+
+  // Fullscreen: the button asks for the stage on the whole screen; Esc (or the button again) leaves.
+  await page.evaluate(() => {
+    window.__fsCalls = [];
+    const orig = Element.prototype.requestFullscreen;
+    Element.prototype.requestFullscreen = function (opts) {
+      window.__fsCalls.push(this.id);
+      return orig.call(this, opts);
+    };
+  });
+  const fsState = () =>
+    page.evaluate(() => ({
+      element: document.fullscreenElement ? document.fullscreenElement.id : null,
+      pressed: document.getElementById('fullscreen').getAttribute('aria-pressed'),
+      calls: window.__fsCalls,
+    }));
+  result.fullscreen = { button_visible: await page.isVisible('#fullscreen') };
+  await page.click('#fullscreen');
+  result.fullscreen.on = await waitFor('fullscreen (or at least its request)', 5000, async () => {
+    const r = await fsState();
+    return { done: r.element === 'stage' && r.pressed === 'true', ...r };
+  }).catch(async () => ({ ...(await fsState()), entered: false }));
+  if (result.fullscreen.on.element === 'stage') {
+    await page.keyboard.press('Escape');
+    result.fullscreen.left_by = 'escape';
+    const off = () => fsState().then((r) => ({ done: r.element === null && r.pressed === 'false', ...r }));
+    result.fullscreen.off = await waitFor('fullscreen to end (Esc)', 3000, off).catch(async () => {
+      // headless Chromium may not hand Esc to the fullscreen handling: the button leaves too
+      result.fullscreen.left_by = 'button';
+      await page.click('#fullscreen');
+      return waitFor('fullscreen to end (button)', 5000, off);
+    });
+  }
+  mark('fullscreen');
+
+  // Share: "Copy viewer link" shows while streaming; the link is the session's viewer page with the token.
+  // (the list replaces the origin's permissions: without 'camera' in it Chromium ends the webcam's track)
+  await context.grantPermissions(['camera', 'clipboard-read', 'clipboard-write'], { origin: url });
+  result.viewer = { button_visible: await page.isVisible('#copy-link') };
+  await page.click('#copy-link');
+  const viewer = await waitFor('the viewer link', 5000, async () => {
+    const r = await page.evaluate(async () => ({
+      field: document.getElementById('viewer-link').value,
+      note: document.getElementById('share-note').textContent,
+      clipboard: await navigator.clipboard.readText().catch((e) => `unreadable: ${e}`),
+    }));
+    return { done: r.field !== '', ...r };
+  });
+  const expectedLink = `${url}/view/${sid}#token=${TOKEN}`;
+  const hideToken = (v) => String(v).replaceAll(TOKEN, '<token>');
+  result.viewer.link = hideToken(viewer.field);
+  result.viewer.link_ok = viewer.field === expectedLink;
+  result.viewer.clipboard_ok = viewer.clipboard === expectedLink;
+  result.viewer.clipboard = hideToken(viewer.clipboard);
+  result.viewer.note = viewer.note;
+  mark('viewer_link');
   result.capture_disabled_before = await page.evaluate(() => document.getElementById('rec').disabled);
   await page.waitForSelector('#rec:not([disabled])', { timeout: 10000 });
   await page.waitForSelector('#snap:not([disabled])', { timeout: 10000 });
@@ -259,7 +450,12 @@ try {
       result.rec_badge_visible = await page.isVisible('#rec-badge');
       result.rec_button_text = await page.textContent('#rec');
     }
-    await page.waitForTimeout(Math.max(0, seconds * 1000 - (Date.now() - t)));
+    // the recording lasts `seconds`; meanwhile the stats overlay is read twice a second
+    const overlay = [];
+    while (Date.now() - t < seconds * 1000) {
+      overlay.push(await page.evaluate(() => [document.getElementById('s-fps').textContent, document.getElementById('s-lat').textContent]));
+      await page.waitForTimeout(Math.min(500, Math.max(0, seconds * 1000 - (Date.now() - t))));
+    }
     const dl = page.waitForEvent('download', { timeout: 30000 });
     await page.click('#rec');
     const wall = (Date.now() - t) / 1000;
@@ -275,6 +471,7 @@ try {
       page: info,
       frames_decoded_during: b.framesDecoded - a.framesDecoded,
       timer_hidden_after: !(await page.isVisible('#rec-badge')),
+      overlay,
     };
   };
   result.recording = await recorded(REC_S, 'output', true);
@@ -301,6 +498,7 @@ try {
     return { done: res.status === 404 || (body && ['closed', 'failed'].includes(body.state)), status: res.status };
   });
   mark('stopped');
+  result.viewer.button_visible_after_stop = await page.isVisible('#copy-link');
 
   // 8. A link with the token in its fragment: never sent to the server, taken by the page and cleared from the
   // address bar at once.

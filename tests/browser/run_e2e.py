@@ -39,7 +39,7 @@ SECOND_PROMPT = "thermal camera"
 # Length of the page's recording (Record … Stop) that the test checks with PyAV; LIPAR_E2E_REC_S overrides it.
 REC_S = int(os.environ.get("LIPAR_E2E_REC_S", "30"))
 # Driver time beyond the recordings (server start excluded).
-DRIVER_BASE_S = 100.0
+DRIVER_BASE_S = 130.0
 
 
 def clip_source() -> Path:
@@ -69,16 +69,25 @@ def make_y4m(
     return path
 
 
+#: The strength range the e2e preset recommends (around its own strength, 0.4), so that the page's strength control
+#: is limited to it as it is on the demo model (which recommends 0.12-0.18).
+RECOMMENDED_STRENGTH = (0.3, 0.5)
+
+
 def bundle_preset(out_dir: Path) -> Path:
     """A preset on a model bundle (the format of the trained demo model, lipar_core.bundle) holding the
     tiny-random models and the style vocabulary: the page then lists the prompts the model knows, and the worker
-    loads its model the way the demo model is loaded. Returns the YAML path."""
+    loads its model the way the demo model is loaded; it recommends :data:`RECOMMENDED_STRENGTH` (where the
+    preset schema has ``scheduler.recommended_strength``). Returns the YAML path."""
     import yaml
 
     from tests.bundles import random_bundle_preset
 
+    preset = random_bundle_preset(out_dir / "model.safetensors").model_dump()
+    if "recommended_strength" in preset["scheduler"]:
+        preset["scheduler"]["recommended_strength"] = list(RECOMMENDED_STRENGTH)
     path = out_dir / "preset.yaml"
-    path.write_text(yaml.safe_dump(random_bundle_preset(out_dir / "model.safetensors").model_dump()))
+    path.write_text(yaml.safe_dump(preset))
     return path
 
 

@@ -9,13 +9,21 @@ prompt in its live stats, the page lists the prompts the model knows, the stats 
 layout fits a 360 px phone screen, Record … Stop downloads a webm of the edited stream (REC_S seconds,
 ``LIPAR_E2E_REC_S``, default 30) that PyAV decodes with the right length and frame rate, Snapshot downloads a
 PNG of the output's size, a side-by-side recording holds output and webcam, Stop ends the session, the server's Content-Security-Policy causes no
-violation, and a ``#token=`` link hands the page the token without it reaching the server's log. Screenshots go to ``artifacts/browser/`` at the repository root.
+violation, and a ``#token=`` link hands the page the token without it reaching the server's log.
+
+Compare, look and feedback (issue 15): the split view (one frame, webcam and output aligned and mirrored alike, a
+divider moved by keyboard and pointer), output only, the view remembered, fullscreen; the notice by the prompt
+field for an unknown and a known prompt (as ``POST /v1/model/match`` answers), the strength and steps controls
+limited to ``GET /v1/model``'s ranges, the warm-up message counting while the model warms up, steady smoothed
+stats with a tooltip per figure, and "Copy viewer link". Screenshots go to ``artifacts/browser/`` at the repository
+root (``page-split.png`` is the one in ``docs/images/``).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -32,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240 + REC_S)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(270 + REC_S)]
 
 
 def _netns_ok() -> tuple[bool, str]:
@@ -70,7 +78,7 @@ def e2e_result() -> dict[str, object]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=200 + REC_S,
+        timeout=230 + REC_S,
     )
     wall = time.monotonic() - t0
     path = ARTIFACTS / "result.json"
@@ -240,3 +248,134 @@ def test_page_records_and_snapshots_the_edited_video(e2e_result: dict[str, objec
     sbs_s = float(sbs["page"]["last"]["seconds"])
     assert abs(sbs_info["span_s"] - sbs_s) <= 1.0, (sbs_info, sbs_s)
     assert sbs_info["frames"] >= max(3, 0.7 * sbs["frames_decoded_during"]), (sbs_info, sbs)
+
+
+def _png(path: object) -> Path:
+    shot = Path(str(path))
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
+    return shot
+
+
+def test_page_compares_input_and_output(e2e_result: dict[str, object]) -> None:
+    """Split view: one frame, the webcam left of a divider and the edited video right of it, the two pictures in
+    the same box (the output's aspect ratio) and mirrored alike; the divider moves with the arrow keys, Home and a
+    pointer drag; output only hides the webcam; the view is remembered; fullscreen is asked for the stage and
+    left again."""
+    r = e2e_result
+    assert r.get("ok"), _explain(r)
+    split = r["split"]
+    assert isinstance(split, dict)
+    assert split["view"] == "split" and split["webcam_pane_shown"] is False and split["split_in_playing"], (
+        split
+    )
+    # webcam and output cover the same rectangle, of the output's own aspect ratio: the pictures line up
+    assert split["out_rect"] == split["split_in_rect"], split
+    assert abs(split["frame_aspect"] - split["out_aspect"]) < 0.02 * split["out_aspect"], split
+    flipped = "matrix(-1, 0, 0, 1, 0, 0)"
+    assert split["transforms"] == [flipped, flipped], split
+    # the webcam shows left of the divider (clip in screen coordinates), the divider in the middle
+    assert "50%" in split["clip"], split
+    assert abs(float(split["divider_left"].rstrip("px")) - split["frame_width"] / 2) <= 2, split
+    assert split["after_keys"] == {"value": 45, "split": "45%"}, split
+    assert abs(split["after_drag"] - 25) <= 3, split
+    assert split["after_home"] == 0, split
+    assert split["saved"] == "split", split
+    _png(r["screenshot_split"])
+    assert r["output_only"] == {
+        "view": "output",
+        "webcam_pane_shown": False,
+        "divider_shown": False,
+        "saved": "output",
+    }, r["output_only"]
+    # back to side by side: the webcam pane again, and the split's second video stream released
+    assert r["side_by_side"] == {"view": "sbs", "webcam_pane_shown": True, "split_in_source": False}
+    fs = r["fullscreen"]
+    assert isinstance(fs, dict) and fs["button_visible"] is True, fs
+    assert fs["on"]["calls"] == ["stage"], fs  # the button asks for the stage on the whole screen
+    if fs["on"].get("element") == "stage":  # headless Chromium granted it: the button says so, and it ends
+        assert fs["on"]["pressed"] == "true" and fs["off"]["element"] is None, fs
+        assert fs["off"]["pressed"] == "false", fs
+
+
+def test_page_tells_whether_the_model_knows_the_prompt(e2e_result: dict[str, object]) -> None:
+    """The notice by the prompt field, as the server's matcher answers: an unknown prompt passes the video
+    through unchanged (and the page suggests known ones), a known one names its edit."""
+    r = e2e_result
+    assert r.get("ok"), _explain(r)
+    unknown, known = r["prompt_notice"]["unknown"], r["prompt_notice"]["known"]  # type: ignore[index]
+    assert unknown["api"]["known"] is False and unknown["kind"] == "unknown", unknown
+    assert unknown["text"].startswith("Unknown to this demo model: the video passes through unchanged."), (
+        unknown
+    )
+    from lipar_core.train.demo import vocabulary
+
+    assert f"“{next(iter(vocabulary().values()))[0]}”" in unknown["text"], unknown  # a known prompt to try
+    assert known["api"]["known"] is True and known["kind"] == "known", known
+    assert known["text"].startswith(f"Known edit: {known['api']['edit']}"), known
+
+
+def test_page_controls_follow_the_model_ranges(e2e_result: dict[str, object]) -> None:
+    """The strength slider spans the model's recommended strengths (rounded inward to its 0.01 step) and starts
+    at the model's strength; the full range is behind a toggle; steps and the prompt length follow the API."""
+    r = e2e_result
+    assert r.get("ok"), _explain(r)
+    ranges = r["model_ranges"]
+    assert isinstance(ranges, dict), "GET /v1/model has no ranges"
+    s = ranges["strength"]
+    c = r["strength_control"]
+    assert isinstance(c, dict)
+    rec = c["recommended"]
+    assert s["recommended_min"] > s["min"] or s["recommended_max"] < s["max"], s  # the e2e preset recommends
+    assert rec["full_toggle_visible"] is True, rec
+    assert rec["min"] == pytest.approx(s["recommended_min"]) and rec["max"] == pytest.approx(
+        s["recommended_max"]
+    )
+    assert rec["value"] == pytest.approx(s["default"]) and rec["step"] == pytest.approx(0.01), (rec, s)
+    assert (rec["steps_min"], rec["steps_max"], rec["steps"]) == (
+        ranges["steps"]["min"],
+        ranges["steps"]["max"],
+        ranges["steps"]["default"],
+    ), rec
+    assert rec["prompt_max"] == ranges["prompt_max_chars"], rec
+    # the full range: down to what the steps in use allow, up to the API's maximum; the value is kept
+    full = c["full"]
+    lowest = max(s["min"], s["min_by_steps"][str(rec["steps"])])
+    assert full["min"] == pytest.approx(math.ceil(lowest * 100 - 1e-6) / 100), (full, s)
+    assert full["max"] == pytest.approx(s["max"]) and full["value"] == pytest.approx(rec["value"]), full
+    assert c["back"]["min"] == rec["min"] and c["back"]["max"] == rec["max"], c
+
+
+def test_page_shows_warmup_and_steady_stats(e2e_result: dict[str, object]) -> None:
+    """While the model warms up the placeholder counts the seconds (with the server's stage when it reports
+    one); the stats overlay never drops to 0 or a dash between the server's blocks, and each figure has a
+    tooltip saying what it measures and over which window."""
+    r = e2e_result
+    assert r.get("ok"), _explain(r)
+    texts = [t["text"] for t in r["warmup_texts"]]  # type: ignore[union-attr]
+    assert any(re.fullmatch(r"Warming up the model(…|: .+) \(\d+ s\)", t) for t in texts), texts
+    for t in r["warmup_texts"]:  # type: ignore[union-attr]
+        if t["bar"] is not None:
+            value, top = t["bar"]
+            assert 0 <= value <= top, t
+    titles = r["overlay_titles"]
+    assert isinstance(titles, dict)
+    assert "sliding window" in titles["s-fps"] and "smoothed" in titles["s-fps"], titles
+    for key in ("s-lat", "s-prune", "s-block"):
+        assert "smoothed over about 2 s" in titles[key], titles
+    samples = r["recording"]["overlay"]  # type: ignore[index]
+    assert len(samples) >= REC_S, samples  # two a second
+    fps = [float(f) for f, _ in samples if f not in ("–", "")]
+    assert len(fps) == len(samples) and min(fps) > 0, samples
+    assert all(lat.startswith("≈") for _, lat in samples), samples
+
+
+def test_page_copies_a_viewer_link(e2e_result: dict[str, object]) -> None:
+    """While streaming, "Copy viewer link" gives /view/{id} with the token in the fragment (clipboard and field);
+    after Stop the button is gone."""
+    r = e2e_result
+    assert r.get("ok"), _explain(r)
+    v = r["viewer"]
+    assert isinstance(v, dict) and v["button_visible"] is True, v
+    assert v["link_ok"] is True and v["link"].endswith(f"/view/{r['session_id']}#token=<token>"), v
+    assert v["clipboard_ok"] is True and v["note"] == "· copied", v
+    assert v["button_visible_after_stop"] is False, v
