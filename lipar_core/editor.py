@@ -61,6 +61,27 @@ class _Blend:
     done: int = 0
 
 
+@dataclass
+class _EncodedBlock:
+    """One block after the encode and mask stages (:meth:`StreamEditor._encode_stage`), all on the device
+    except ``mask_host``.
+
+    Attributes:
+        x_in: model frames [1, T, 3, height, width] in [0, 1] (float32).
+        latents: [1, F, C, h, w] in the DiT dtype, F = latent frames per block.
+        keep_grid: which tokens to recompute, [1, F, gh, gw] bool; None without LIPAR.
+        mask_host: ``keep_grid[0]`` copied to the host (pinned, non-blocking on CUDA) for the stats; None
+            without LIPAR.
+        pending: the kept-token set on its way to the host; None without LIPAR.
+    """
+
+    x_in: torch.Tensor
+    latents: torch.Tensor
+    keep_grid: torch.Tensor | None = None
+    mask_host: torch.Tensor | None = None
+    pending: PendingKeepSet | None = None
+
+
 class StreamEditor:
     """Edits one stream.
 
@@ -352,86 +373,152 @@ class StreamEditor:
         the DiT's work is queued, so the caller can submit the next block, and this block decodes while the
         next one's run. Tickets of one stream must be collected in order. On the CPU everything runs before this
         returns. Arguments as in :meth:`process_block`.
+
+        Stages, in order: :meth:`_encode_stage` (frames -> latents and LIPAR mask), :meth:`_blend_prompt`,
+        :meth:`_denoise` (the denoising passes and the clean KV-cache pass), :meth:`_decode_stage`, then
+        :meth:`_finish_block` (stats and counters).
         """
         self._apply_pending()
         if self.graphs is not None:
             self.graphs.stage.attach(self.cache)  # this stream's cache into the shared graphs' buffers
-        m = self.models
-        sched = m.scheduler
         timer = StageTimer(self.device)
         total = timer.start("total")
-        if self.device.type == "cuda":
-            main = torch.cuda.current_stream(self.device)
-            if self._encode_stream is None:
-                self._encode_stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(self._encode_stream):
-                x_in, lat, keep_grid, mask_host, pending = self._encode_and_mask(frames, mask, timer)
-                encoded = torch.cuda.Event()
-                encoded.record()
-            main.wait_event(encoded)
-            # made on the encoder's stream, read on this one: the allocator must not reuse them before
-            for made in (x_in, lat, keep_grid, pending.padded if pending is not None else None):
-                if made is not None:
-                    made.record_stream(main)
-        else:
-            x_in, lat, keep_grid, mask_host, pending = self._encode_and_mask(frames, mask, timer)
-        recovery = self.lipar.recovery
+        block = self._encode_stage(frames, mask, timer)
         with timer.stage("dit"):
             # Host work that does not depend on the kept count runs while the device computes the mask.
-            if self._blend is not None:
-                b = self._blend
-                w = min(1.0, (b.done + 1) / b.blocks)
-                self._text_in_use = torch.lerp(b.start.float(), b.end.float(), w).to(b.end.dtype)
-                self._cross = m.dit.text_kv(self._text_in_use)
-            ctx = m.dit.begin_block(self.cache, self.frame_index)
-            cross = self._cross
-            timesteps = sched.timesteps(self.steps)
-            n_frames = lat.shape[1]
-            noise = torch.randn(lat.shape, generator=self._gen, device=self.device, dtype=torch.float32)
-            x = sched.add_noise(lat, noise.to(lat.dtype), sched.sigma(timesteps[0]))
-            keep = pending.result() if pending is not None else None  # the block's one host wait
-            x0 = lat
-            pruned = keep is not None and not keep.full
-            for i, t in enumerate(timesteps):
-                sigma = sched.sigma(t)
-                if keep is not None and keep.n_keep == 0:
-                    # Nothing changed: no pass runs; the first pass still lays the K/V duplicates.
-                    if i == 0:
-                        self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=True)
-                    x0 = x
-                else:
-                    flow = self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=i == 0)
-                    x0 = sched.x0_from_flow(x, flow, sigma)
-                if pruned:
-                    assert keep_grid is not None
-                    x0 = self.restoration.fill(x0, keep_grid)
-                if i + 1 < len(timesteps):
-                    noise = torch.randn(
-                        lat.shape, generator=self._gen, device=self.device, dtype=torch.float32
-                    )
-                    x = sched.add_noise(x0, noise.to(x0.dtype), sched.sigma(timesteps[i + 1]))
-            self.restoration.commit(x0)
-            self.last_latents = x0
-            # The clean t = 0 pass writes the KV cache (and the duplication source of the next block).
-            self._pass(x0, [0.0] * n_frames, cross, ctx, keep, recovery, memory=True)
-        to_decode = x0.to(m.autoencoder_dtype)
-        if self.device.type == "cuda":
-            if self._decode_stream is None:
-                self._decode_stream = torch.cuda.Stream(self.device)
-            latents_ready = torch.cuda.Event()
-            latents_ready.record()
-            side = self._decode_stream
-            side.wait_event(latents_ready)
-            with torch.cuda.stream(side):
-                to_decode.record_stream(side)  # the allocator keeps it until the decode has read it
-                out, done = self._decode(to_decode, timer, total)
-        else:
-            out, done = self._decode(to_decode, timer, total)
+            cross = self._blend_prompt()
+            x0, keep = self._denoise(block, cross)
+        out, done = self._decode_stage(x0, timer, total)
+        stats = self._finish_block(frames, out, keep, block)
+        return BlockTicket(out, stats, timer, done)
+
+    def _encode_stage(
+        self, frames: torch.Tensor, mask: torch.Tensor | None, timer: StageTimer
+    ) -> _EncodedBlock:
+        """Upload, encode and mask a block; on CUDA on the encoder's own stream, which the current stream then
+        waits for (an event, no host wait).
+
+        Args:
+            frames: uint8 [T, H_in, W_in, 3] RGB on any device, T = :attr:`frames_per_block`.
+            mask: external change mask [T, H, W] at the model resolution, or None.
+            timer: the block's stage timer (``encode`` and ``mask`` stages).
+        Returns:
+            The encoded block; its device tensors are safe to read on the current stream.
+        """
+        if self.device.type != "cuda":
+            return self._encode_and_mask(frames, mask, timer)
+        main = torch.cuda.current_stream(self.device)
+        if self._encode_stream is None:
+            self._encode_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._encode_stream):
+            block = self._encode_and_mask(frames, mask, timer)
+            encoded = torch.cuda.Event()
+            encoded.record()
+        main.wait_event(encoded)
+        # made on the encoder's stream, read on this one: the allocator must not reuse them before
+        pending = block.pending
+        for made in (
+            block.x_in,
+            block.latents,
+            block.keep_grid,
+            pending.padded if pending is not None else None,
+        ):
+            if made is not None:
+                made.record_stream(main)
+        return block
+
+    def _blend_prompt(self) -> CrossKV:
+        """The cross-attention K/V for this block: mid-blend, the prompt embedding interpolated linearly from
+        the old one ([1, L, text_dim]) to the new one by ``(done + 1) / blocks`` (device work only, no host
+        wait); otherwise the current prompt's."""
+        if self._blend is not None:
+            b = self._blend
+            w = min(1.0, (b.done + 1) / b.blocks)
+            self._text_in_use = torch.lerp(b.start.float(), b.end.float(), w).to(b.end.dtype)
+            self._cross = self.models.dit.text_kv(self._text_in_use)
+        return self._cross
+
+    def _denoise(self, block: _EncodedBlock, cross: CrossKV) -> tuple[torch.Tensor, KeepSet | None]:
+        """The block's DiT work on the current stream: noise the latents to the first timestep, run one pass
+        per denoising step (fresh seeded noise between them; pruned tokens restored from the previous block),
+        then the clean t = 0 pass that writes the KV cache.
+
+        Waits on the host once, for the kept-token count (:meth:`PendingKeepSet.result`), after the noise is
+        queued.
+
+        Args:
+            block: the encoded block (latents [1, F, C, h, w], F = latent frames per block).
+            cross: the prompt's cross-attention K/V (:meth:`_blend_prompt`).
+        Returns:
+            (x0, keep): the edited latents [1, F, C, h, w] in the DiT dtype, and the kept-token set (None without
+            LIPAR).
+        """
+        sched = self.models.scheduler
+        recovery = self.lipar.recovery
+        lat = block.latents
+        ctx = self.models.dit.begin_block(self.cache, self.frame_index)
+        timesteps = sched.timesteps(self.steps)
+        n_frames = lat.shape[1]
+        x = sched.add_noise(lat, self._noise_like(lat), sched.sigma(timesteps[0]))
+        keep = block.pending.result() if block.pending is not None else None  # the block's one host wait
+        x0 = lat
+        pruned = keep is not None and not keep.full
+        for i, t in enumerate(timesteps):
+            sigma = sched.sigma(t)
+            if keep is not None and keep.n_keep == 0:
+                # Nothing changed: no pass runs; the first pass still lays the K/V duplicates.
+                if i == 0:
+                    self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=True)
+                x0 = x
+            else:
+                flow = self._pass(x, [t] * n_frames, cross, ctx, keep, recovery, prefill=i == 0)
+                x0 = sched.x0_from_flow(x, flow, sigma)
+            if pruned:
+                assert block.keep_grid is not None
+                x0 = self.restoration.fill(x0, block.keep_grid)
+            if i + 1 < len(timesteps):
+                x = sched.add_noise(x0, self._noise_like(x0), sched.sigma(timesteps[i + 1]))
+        self.restoration.commit(x0)
+        self.last_latents = x0
+        # The clean t = 0 pass writes the KV cache (and the duplication source of the next block).
+        self._pass(x0, [0.0] * n_frames, cross, ctx, keep, recovery, memory=True)
+        return x0, keep
+
+    def _noise_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Seeded standard normal noise of ``x``'s shape, drawn in float32 from the stream's generator (the
+        same seed gives the same noise in every dtype), cast to ``x``'s dtype."""
+        noise = torch.randn(x.shape, generator=self._gen, device=self.device, dtype=torch.float32)
+        return noise.to(x.dtype)
+
+    def _decode_stage(
+        self, x0: torch.Tensor, timer: StageTimer, total: StageHandle
+    ) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Decode the edited latents [1, F, C, h, w] into uint8 [T_out, height, width, 3] host frames; on CUDA on
+        the decoder's own stream after the DiT's work (an event, no host wait): ready once the returned event has
+        completed."""
+        to_decode = x0.to(self.models.autoencoder_dtype)
+        if self.device.type != "cuda":
+            return self._decode(to_decode, timer, total)
+        if self._decode_stream is None:
+            self._decode_stream = torch.cuda.Stream(self.device)
+        latents_ready = torch.cuda.Event()
+        latents_ready.record()
+        side = self._decode_stream
+        side.wait_event(latents_ready)
+        with torch.cuda.stream(side):
+            to_decode.record_stream(side)  # the allocator keeps it until the decode has read it
+            return self._decode(to_decode, timer, total)
+
+    def _finish_block(
+        self, frames: torch.Tensor, out: torch.Tensor, keep: KeepSet | None, block: _EncodedBlock
+    ) -> BlockStats:
+        """The block's stats (``ms`` filled in by :meth:`BlockTicket.result`); advances the prompt blend and the
+        block and latent-frame counters."""
         stats = BlockStats(
             index=self.block_index,
             ms={},
             prune_ratio=keep.prune_ratio if keep is not None else 0.0,
-            token_mask=mask_host,
+            token_mask=block.mask_host,
             frames_in=int(frames.shape[0]),
             frames_out=int(out.shape[0]),
             prompt=self.prompt,
@@ -441,19 +528,18 @@ class StreamEditor:
             if self._blend.done >= self._blend.blocks:
                 self._blend = None
         self.block_index += 1
-        self.frame_index += n_frames
-        return BlockTicket(out, stats, timer, done)
+        self.frame_index += block.latents.shape[1]
+        return stats
 
     def _encode_and_mask(
         self, frames: torch.Tensor, mask: torch.Tensor | None, timer: StageTimer
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, PendingKeepSet | None]:
-        """Encode a block and compute its LIPAR mask on the current stream: (model frames, latents, keep grid
-        [1, F, gh, gw] bool, its host copy for the stats, the kept-token set on its way to the host); the
-        last three are None without LIPAR."""
+    ) -> _EncodedBlock:
+        """Encode a block and compute its LIPAR mask on the current stream (keep grid, its host copy and the
+        kept-token set are None without LIPAR)."""
         x_in, lat = self._encode(frames, timer)
         with timer.stage("mask"):
             if not self.lipar.enabled:
-                return x_in, lat, None, None, None
+                return _EncodedBlock(x_in, lat)
             ext = mask.to(self.device) if mask is not None else None
             keep_grid = self.masker(
                 lat,
@@ -463,7 +549,7 @@ class StreamEditor:
             )
             mask_host = _to_host(keep_grid[0])  # for the stats; read in result()
             pending = KeepSet.begin(keep_grid, self.lipar.bucket)  # the count travels to the host
-        return x_in, lat, keep_grid, mask_host, pending
+        return _EncodedBlock(x_in, lat, keep_grid, mask_host, pending)
 
     def _encode(self, frames: torch.Tensor, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 frames -> (model frames [1, T, 3, H, W] in [0, 1], latents [1, F, C, h, w]) on the current
