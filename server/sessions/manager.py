@@ -26,6 +26,7 @@ import copy
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import numpy as np
@@ -77,7 +78,7 @@ class SessionManager:
         self.node_id = settings.node_id
         self.live: dict[str, LiveSession] = {}
         self.rtc_config = rtc_configuration(settings.ice_servers)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[object]] = []  # background work: results unused, failures logged
         self._last_beat = 0.0
         # Sessions with an offer being answered / a DELETE under way: concurrent requests for the same session
         # are decided here, synchronously on the event loop, before any await (one wins, the others are refused).
@@ -400,12 +401,12 @@ class SessionManager:
         else:
             self._spawn(self.store.update(session_id, {"state": state}))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.append(task)
         task.add_done_callback(self._forget)
 
-    def _forget(self, task: asyncio.Task[Any]) -> None:
+    def _forget(self, task: asyncio.Task[object]) -> None:
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
         if task.cancelled():

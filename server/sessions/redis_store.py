@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -94,6 +94,13 @@ redis.call('SADD', KEYS[4], ARGV[1])
 return 'restored'
 """
 
+# The restore script's answers (its return values above).
+_RESTORE_OUTCOMES: dict[str, RestoreOutcome] = {
+    "present": "present",
+    "deleted": "deleted",
+    "restored": "restored",
+}
+
 # Set fields of an existing record only (a deleted or expired session must not come back).
 _UPDATE = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end redis.call('HSET', KEYS[1], unpack(ARGV)) return 1"
 
@@ -123,12 +130,16 @@ def control_channel(node_id: str) -> str:
     return f"{PREFIX}control:{node_id}"
 
 
-def _decode(h: dict[Any, Any]) -> SessionRecord:
-    """A session record from its hash (one JSON value per field)."""
-    return {  # type: ignore[return-value]
-        (k.decode() if isinstance(k, bytes) else k): json.loads(v.decode() if isinstance(v, bytes) else v)
-        for k, v in h.items()
-    }
+def _text(v: bytes | str) -> str:
+    """A Redis key or value as text (the client decodes responses; bytes only from a raw client)."""
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _decode(h: Mapping[bytes | str, bytes | str]) -> SessionRecord:
+    """A session record from its hash (one JSON value per field, as :func:`_flat` wrote it)."""
+    fields = {_text(k): json.loads(_text(v)) for k, v in h.items()}
+    # Redis holds what _flat wrote from a SessionRecord (and RecordFields updates): the same keys and values.
+    return cast(SessionRecord, fields)
 
 
 def _flat(record: Mapping[str, Any]) -> list[str]:
@@ -193,7 +204,7 @@ class RedisStore(SessionStore):
         sid = str(record["id"])
         keys = [session_key(sid), tombstone_key(sid), SESSIONS, node_sessions_key(record["node_id"])]
         with _available():
-            await self.redis.eval(_CREATE, len(keys), *keys, sid, *_flat(record))  # type: ignore[misc]
+            await self.redis.eval(_CREATE, len(keys), *keys, sid, *_flat(record))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         with _available():
@@ -222,7 +233,7 @@ class RedisStore(SessionStore):
     async def update(self, session_id: str, fields: RecordFields) -> SessionRecord | None:
         argv = _flat({**fields, "updated_at": time.time()})
         with _available():
-            ok = await self.redis.eval(_UPDATE, 1, session_key(session_id), *argv)  # type: ignore[misc]
+            ok = await self.redis.eval(_UPDATE, 1, session_key(session_id), *argv)
         if not ok:
             return None
         return await self.get(session_id)
@@ -243,10 +254,11 @@ class RedisStore(SessionStore):
         sid = str(record["id"])
         keys = [session_key(sid), tombstone_key(sid), SESSIONS, node_sessions_key(record["node_id"])]
         with _available():
-            out = await self.redis.eval(_RESTORE, len(keys), *keys, sid, *_flat(record))  # type: ignore[misc]
-        if out not in ("present", "deleted", "restored"):
+            out = await self.redis.eval(_RESTORE, len(keys), *keys, sid, *_flat(record))
+        outcome = _RESTORE_OUTCOMES.get(out) if isinstance(out, str) else None
+        if outcome is None:
             raise RuntimeError(f"unexpected answer of the restore script: {out!r}")
-        return out  # type: ignore[no-any-return]
+        return outcome
 
     async def expire(self, session_id: str, ttl_s: float) -> None:
         with _available():
