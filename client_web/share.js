@@ -4,16 +4,18 @@
 
 import { ui } from './dom.js';
 
-/** The viewer page's address for the current session, or null. */
+/** The viewer page's address for the current session (the session's `viewer_url`; from an older server, its
+ * `offer_url`'s origin and /view/{id}), or null. */
 export function viewerLink({ api, st }) {
-  if (!st.session) return null;
-  let base = location.href;
+  const session = st.session;
+  if (!session) return null;
+  let u;
   try {
-    if (st.session.offer_url) base = new URL(st.session.offer_url, location.href).href; // the owning node
+    if (session.viewer_url) u = new URL(session.viewer_url, location.href);
+    else u = new URL(`/view/${encodeURIComponent(session.id)}`, new URL(session.offer_url || '/', location.href));
   } catch {
-    base = location.href;
+    u = new URL(`/view/${encodeURIComponent(session.id)}`, location.href);
   }
-  const u = new URL(`/view/${encodeURIComponent(st.session.id)}`, base);
   if (api.token) u.hash = new URLSearchParams({ token: api.token }).toString();
   return u.href;
 }

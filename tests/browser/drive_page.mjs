@@ -417,7 +417,19 @@ try {
   result.viewer.clipboard_ok = viewer.clipboard === expectedLink;
   result.viewer.clipboard = hideToken(viewer.clipboard);
   result.viewer.note = viewer.note;
+  result.viewer.session_viewer_url = await page.evaluate(() => window.__lipar.session().viewer_url || null);
   mark('viewer_link');
+  // The link opens the viewer page, which plays the session's edited video.
+  const viewerPage = await context.newPage();
+  watch(viewerPage, 'viewer');
+  await viewerPage.goto(viewer.field);
+  result.viewer.page = await waitFor('edited frames on the viewer page', 30000, async () => {
+    const v = await viewerPage.evaluate(() => ({ ...(window.liparViewer || {}), address: location.href }));
+    return { done: v.frames > 0 && v.width > 0, ...v, address_has_token: v.address.includes('token') };
+  });
+  delete result.viewer.page.address;
+  await viewerPage.close();
+  mark('viewer_page');
   result.capture_disabled_before = await page.evaluate(() => document.getElementById('rec').disabled);
   await page.waitForSelector('#rec:not([disabled])', { timeout: 10000 });
   await page.waitForSelector('#snap:not([disabled])', { timeout: 10000 });

@@ -370,8 +370,8 @@ def test_page_shows_warmup_and_steady_stats(e2e_result: dict[str, object]) -> No
 
 
 def test_page_copies_a_viewer_link(e2e_result: dict[str, object]) -> None:
-    """While streaming, "Copy viewer link" gives /view/{id} with the token in the fragment (clipboard and field);
-    after Stop the button is gone."""
+    """While streaming, "Copy viewer link" gives /view/{id} with the token in the fragment (clipboard and field),
+    and that link plays the session's edited video; after Stop the button is gone."""
     r = e2e_result
     assert r.get("ok"), _explain(r)
     v = r["viewer"]
@@ -379,3 +379,7 @@ def test_page_copies_a_viewer_link(e2e_result: dict[str, object]) -> None:
     assert v["link_ok"] is True and v["link"].endswith(f"/view/{r['session_id']}#token=<token>"), v
     assert v["clipboard_ok"] is True and v["note"] == "· copied", v
     assert v["button_visible_after_stop"] is False, v
+    # the link opens the session's viewer page, which plays the edited video at the output's size
+    page = v["page"]
+    assert page["frames"] > 0 and [page["width"], page["height"]] == r["output_size"], v
+    assert page["address_has_token"] is False, v  # the viewer page took the token out of its address
