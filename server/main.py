@@ -32,7 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from server.api import errors
 from server.api.deps import AuthThrottle
 from server.api.middleware import AllowedMethods, BodySizeLimit, SecurityHeaders
-from server.api.routes import health, model, sessions, viewer
+from server.api.routes import health, model, recordings, sessions, viewer
 from server.api.schemas import ParamLimits
 from server.metrics import Metrics
 from server.rtc.codecs import apply_bitrate
@@ -97,7 +97,7 @@ def create_app(
         backoff_max_s=settings.worker_restart_backoff_max_s,
     )
     manager = SessionManager(settings, store, pool, metrics)
-    limits = ParamLimits.for_preset(settings.config, settings.max_prompt_chars)
+    limits = ParamLimits.for_preset(settings.config, settings.max_prompt_chars, settings.recording_enabled)
     model_info = model.ModelInfoSource(settings.config, limits)
     viewers = Viewers(
         settings.viewers_per_session, rtc_configuration(settings.ice_servers), settings.video_codec
@@ -144,6 +144,7 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(recordings.router)
     app.include_router(model.router)
     app.include_router(viewer.router)
     # innermost: CORS preflights come first

@@ -25,6 +25,10 @@ several nodes in one process) never collide. Exposed at ``GET /metrics``.
 | ``lipar_workers_failed`` | gauge | workers given up after ``LIPAR_WORKER_MAX_START_FAILURES`` failed starts in a row |
 | ``lipar_worker_settled_rss_bytes{worker}`` | gauge | a worker's resident size between blocks, after a heap trim |
 | ``lipar_worker_busy_ratio{worker}`` | gauge | fraction of wall time (over about the last second) a worker was not idle-waiting |
+| ``lipar_recordings_total{state}`` | counter | recordings finished on this node: ``done``, ``truncated`` (size limit), ``failed`` |
+| ``lipar_recording_bytes_total`` | counter | bytes of the recordings finished on this node |
+| ``lipar_recording_frames_dropped_total`` | counter | edited frames not recorded (the recorder's queue was full) |
+| ``lipar_recordings_active`` | gauge | recordings being written on this node |
 | ``lipar_event_loop_lag_seconds`` | histogram | how late a 100 ms sleep on the server's event loop wakes up (the loop is the bottleneck when this grows) |
 
 Access: with ``LIPAR_API_TOKEN`` set, ``GET /metrics`` wants ``Authorization: Bearer <token>`` unless
@@ -134,6 +138,20 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.recordings = Counter(
+            "lipar_recordings_total", "Recordings finished, by final state", ["state"], registry=r
+        )
+        self.recording_bytes = Counter(
+            "lipar_recording_bytes_total", "Bytes of the recordings finished", registry=r
+        )
+        self.recording_frames_dropped = Counter(
+            "lipar_recording_frames_dropped_total",
+            "Edited frames not recorded (recorder queue full)",
+            registry=r,
+        )
+        self.recordings_active = Gauge("lipar_recordings_active", "Recordings being written", registry=r)
+        for state in ("done", "truncated", "failed"):
+            self.recordings.labels(state=state)
         for where in ("inbound", "outbound"):
             self.frames_dropped.labels(where=where)
             self.queue_frames.labels(queue=where)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -93,6 +94,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="origins the page may call besides its own (the public URLs of other nodes)",
     )
+
+    recording_enabled: bool = True
+    """Sessions may record their edited video (``record: true``); false: such a request is a 422."""
+    recordings_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "lipar-recordings",
+        description="folder of the server-side recordings (one sub-folder per session); created at start",
+    )
+    recording_max_mb: Annotated[float, Field(gt=0.01, le=1_000_000)] = 500.0
+    """Size limit of one recording, MB (10^6 bytes): the recording stops there (state ``truncated``; the file
+    stays complete and playable) and the session goes on."""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -180,6 +191,11 @@ class Settings(BaseSettings):
         if self.rtc_port_min is None or self.rtc_port_max is None:
             return None
         return (self.rtc_port_min, self.rtc_port_max)
+
+    @property
+    def recording_max_bytes(self) -> int:
+        """``recording_max_mb`` in bytes."""
+        return int(self.recording_max_mb * 1_000_000)
 
     @property
     def advertised_url(self) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 from server.metrics import Metrics
 from server.rtc.ice import rtc_configuration
 from server.rtc.peer import BadOffer
+from server.rtc.recorder import Recorder, RecordingInfo, Recordings
 from server.sessions.errors import (
     BadRequest,
     Invalid,
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 _HOUSEKEEPING_S = 0.5
 _STOP_TASKS_S = 5.0  # the longest the shutdown waits for cancelled background tasks (s)
 _DELETED_KEPT = 10_000  # ids of deleted sessions remembered (to answer late concurrent DELETEs with 404)
+_RECORDING_SWEEP_S = 30.0  # how often unkept recordings of sessions whose record is gone are removed (s)
 
 
 class SessionManager:
@@ -98,13 +100,25 @@ class SessionManager:
         self._abandoned: dict[str, None] = {}
         self._store_down_since: float | None = None  # monotonic time the housekeeping first failed
         self._store_back_at = float("-inf")  # monotonic time the store answered again after an outage
+        # recordings of the edited video, one folder per session on this node (server/rtc/recorder.py)
+        self.recordings = Recordings(settings.recordings_dir, settings.recording_max_bytes, metrics)
+        self._last_sweep = float("-inf")  # monotonic time of the last sweep of orphaned recordings
         pool.on_block = self._on_block
         pool.on_error = self._on_worker_error
         pool.on_lost = self._on_worker_lost
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Subscribe to this node's control channel and start housekeeping."""
+        """Subscribe to this node's control channel and start housekeeping (and create the recordings folder:
+        a folder that cannot be written stops the start with a message naming ``LIPAR_RECORDINGS_DIR``)."""
+        if self.settings.recording_enabled:
+            try:
+                self.recordings.prepare()
+            except OSError as e:
+                raise RuntimeError(
+                    f"LIPAR_RECORDINGS_DIR {self.settings.recordings_dir} cannot be used: {e}; set another "
+                    "folder or LIPAR_RECORDING_ENABLED=false"
+                ) from None
         await self.store.subscribe_controls(self.node_id, self._on_control)
         await self._heartbeat()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="session-housekeeping"))
@@ -129,6 +143,8 @@ class SessionManager:
             raise Invalid(
                 f"prompt: {len(req.prompt)} characters is over the limit of {self.settings.max_prompt_chars}"
             )
+        if req.record and not self.settings.recording_enabled:
+            raise Invalid("record: recording is disabled on this server (LIPAR_RECORDING_ENABLED=false)")
         sid = uuid.uuid4().hex
         node_id, base_url = self.node_id, self.settings.advertised_url
         lipar = copy.deepcopy(req.lipar)
@@ -164,6 +180,8 @@ class SessionManager:
             "created_at": now,
             "updated_at": now,
             "stats": self.live[sid].stats() if sid in self.live else {},
+            "record": req.record,
+            "record_keep": req.record_keep,
         }
         try:
             await self.store.create(record)
@@ -179,12 +197,15 @@ class SessionManager:
             raise
         if sid in self.live:
             self._records[sid] = copy.deepcopy(record)
+            if req.record:
+                await self._start_recording(sid, req.record_keep)
+                record = copy.deepcopy(self._records.get(sid, record))
         self.metrics.sessions_created.inc()
         log.info("session %s created for node %s", sid, node_id)
         return record
 
     def _new_live(self, sid: str, prompt: str) -> LiveSession:
-        return LiveSession(
+        live = LiveSession(
             sid,
             prompt,
             self.pool,
@@ -193,6 +214,14 @@ class SessionManager:
             self.settings.video_codec,
             self._on_live_state,
         )
+        self._tap(live)
+        return live
+
+    def _tap(self, live: LiveSession) -> None:
+        """Route the frames the session's outbound track hands to the encoder to its recording, if any (once per
+        track: again when the session gets a new track)."""
+        sid, recordings = live.id, self.recordings
+        live.out.frame_listeners.append(lambda frame: recordings.put(sid, frame))
 
     async def _node_with_room(self) -> NodeInfo | None:
         """Another live node (store heartbeats) with free session slots, the emptiest first; None if none."""
@@ -250,17 +279,22 @@ class SessionManager:
                 raise NoCapacity("this node filled up since the session was placed here; retry later", 10)
             live = self.live[session_id] = self._new_live(session_id, r["prompt"])
             self._records[session_id] = copy.deepcopy(r)
+            if r.get("record"):  # asked for at creation on the node that placed it here
+                await self._start_recording(session_id, bool(r.get("record_keep")))
         if live is None or r["state"] in TERMINAL_STATES:
             raise WrongState(f"session {session_id} is {r['state']}: create a new session")
         if r["state"] != CREATED or live.peer is not None or session_id in self._answering:
             raise WrongState(f"session {session_id} already has a connection (state {r['state']})")
         self._answering.add(session_id)
+        track = live.out
         try:
             return await live.answer(sdp)
         except BadOffer as e:
             raise BadRequest(str(e)) from None
         finally:
             self._answering.discard(session_id)
+            if live.out is not track:  # a failed offer gives the session a fresh track
+                self._tap(live)
 
     async def patch(self, session_id: str, req: SessionChange) -> SessionRecord:
         """Change prompt/params; the owner's worker applies it at the next block boundary."""
@@ -283,6 +317,7 @@ class SessionManager:
             self._apply_control(session_id, control)
             if updated is not None and session_id in self._records:
                 self._records[session_id] = updated
+            await self._apply_recording(session_id, control)
         else:
             receivers = await self.store.publish_control(
                 r["node_id"], {"op": "patch", "session_id": session_id, **control}
@@ -372,9 +407,74 @@ class SessionManager:
             log.warning("control %s for session %s that this node does not serve", op, sid)
             return
         if op == "patch":
-            self._apply_control(sid, {k: v for k, v in message.items() if k not in ("op", "session_id")})
+            control = {k: v for k, v in message.items() if k not in ("op", "session_id")}
+            self._apply_control(sid, control)
+            await self._apply_recording(sid, control)
         elif op == "delete":
             await self._end(sid, CLOSED, "deleted by the client", keep_record=False)
+
+    # ---- recordings -----------------------------------------------------------------------------------
+    async def _start_recording(self, session_id: str, keep: bool) -> None:
+        """Start recording a live session's edited video (nothing if it records already). A disk error is not
+        the client's: the session goes on, its record says ``record: false`` and ``last_error`` says why."""
+        if session_id not in self.live or self.recordings.recording(session_id) is not None:
+            return
+        try:
+            rec = self.recordings.start(session_id, keep)
+        except OSError as e:
+            log.error("session %s: cannot start a recording: %s", session_id, e)
+            await self._recording_ended(session_id, f"recording could not start: {e}")
+            return
+        log.info("session %s: recording to %s", session_id, rec.path)
+        self._spawn(self._watch_recording(session_id, rec))
+
+    async def _watch_recording(self, session_id: str, rec: Recorder) -> None:
+        """Wait for a recording to end; one that ended by itself (size limit, error) turns ``record`` off."""
+        info: RecordingInfo = await asyncio.wrap_future(rec.finished)
+        self.recordings.forget(session_id, rec)
+        if info.state in ("truncated", "failed") and self.recordings.recording(session_id) is None:
+            error = f"recording {info.name} failed: {info.error}" if info.state == "failed" else None
+            await self._recording_ended(session_id, error)
+
+    async def _recording_ended(self, session_id: str, error: str | None) -> None:
+        """Mark a live session as no longer recording (``last_error`` when ``error``)."""
+        if session_id not in self.live:
+            return
+        fields: RecordFields = {"record": False}
+        if error is not None:
+            fields["last_error"] = error
+        record = self._records.get(session_id)
+        if record is not None:
+            record.update(fields)
+        await self.store.update(session_id, fields)
+
+    async def _apply_recording(self, session_id: str, control: dict[str, Any]) -> None:
+        """The recording part of a change (``record``, ``record_keep``) of a session this node serves."""
+        if session_id not in self.live:
+            return
+        keep = control.get("record_keep")
+        if keep is not None:
+            self.recordings.set_keep(session_id, bool(keep))
+        if control.get("record") is True:
+            record = self._records.get(session_id)
+            if keep is None:
+                keep = bool(record.get("record_keep", False)) if record is not None else False
+            await self._start_recording(session_id, bool(keep))
+        elif control.get("record") is False:
+            await self.recordings.stop(session_id)
+
+    def _remove_recordings(self, session_id: str) -> None:
+        try:
+            self.recordings.remove_unkept(session_id)
+        except OSError as e:
+            log.error("session %s: its recordings could not be removed: %s", session_id, e)
+
+    async def _sweep_recordings(self) -> None:
+        """Remove the unkept recordings of sessions that ended and whose record is gone (expired after
+        ``LIPAR_RECORD_TTL_S``, deleted through another node, or lost with a restart of the in-memory store)."""
+        for sid in self.recordings.sessions_with_unkept():
+            if sid not in self.live and await self.store.get(sid) is None:
+                self._remove_recordings(sid)
 
     # ---- callbacks from the pool and the live sessions (event loop) ------------------------------------
     def _on_block(self, session_id: str, msg: m.BlockDone, frames: np.ndarray) -> None:
@@ -436,10 +536,13 @@ class SessionManager:
             await live.close()
             stats = live.stats()
             stats["state"] = state
+        await self.recordings.stop(session_id)  # finalised: the file plays
+        if not keep_record:  # deleted: its recordings go too, unless kept
+            self._remove_recordings(session_id)
         if live is not None:
             log.info("session %s %s: %s", session_id, state, reason)
         if keep_record:
-            fields: RecordFields = {"state": state, "reason": reason}
+            fields: RecordFields = {"state": state, "reason": reason, "record": False}
             if stats is not None:
                 fields["stats"] = stats
             restoring = self._restoring.get(session_id)
@@ -562,6 +665,9 @@ class SessionManager:
                 self._records[sid] = record
             else:
                 await self._write_back(sid, live)
+        if now - self._last_sweep >= _RECORDING_SWEEP_S:
+            self._last_sweep = now
+            await self._sweep_recordings()
         if now - self._last_beat >= beat_every:
             await self._heartbeat()
             await self._expire_unclaimed()

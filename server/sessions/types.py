@@ -11,7 +11,7 @@ read back from the store (JSON) holds the same plain strings.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypedDict
 
 from lipar_core.protocol import Transition
 
@@ -58,13 +58,16 @@ SMOOTH: Final = "smooth"
 @dataclass(frozen=True)
 class SessionSpec:
     """What a session is created with (the API's ``SessionCreate``, validated). ``None``: the preset's value;
-    ``lipar``: the LIPAR overrides that were given (``None``: none)."""
+    ``lipar``: the LIPAR overrides that were given (``None``: none); ``record``: write the edited video to an mp4
+    on the owner node from the first frame; ``record_keep``: its recordings survive the session's deletion."""
 
     prompt: str
     seed: int = 0
     strength: float | None = None
     steps: int | None = None
     lipar: dict[str, Any] | None = None
+    record: bool = False
+    record_keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class SessionChange:
     seed: int | None = None
     strength: float | None = None
     steps: int | None = None
+    record: bool | None = None
+    record_keep: bool | None = None
 
     def given(self) -> dict[str, Any]:
         """The fields that were given: the record's fields to update and the control message's body."""
@@ -104,6 +109,9 @@ class SessionRecord(TypedDict):
     created_at: float
     updated_at: float
     stats: dict[str, Any]
+    # recording (absent from records written before it existed: read with ``.get(..., False)``)
+    record: NotRequired[bool]  # a recording of the edited video is being written on the owner node
+    record_keep: NotRequired[bool]  # the session's recordings survive its deletion
 
 
 class RecordFields(TypedDict, total=False):
@@ -126,3 +134,5 @@ class RecordFields(TypedDict, total=False):
     created_at: float
     updated_at: float
     stats: dict[str, Any]
+    record: bool
+    record_keep: bool
