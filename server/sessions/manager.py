@@ -463,18 +463,19 @@ class SessionManager:
         elif control.get("record") is False:
             await self.recordings.stop(session_id)
 
-    def _remove_recordings(self, session_id: str) -> None:
+    async def _remove_recordings(self, session_id: str) -> None:
+        """Remove the session's unkept recordings (in a thread: deleting large files can take a while)."""
         try:
-            self.recordings.remove_unkept(session_id)
+            await asyncio.to_thread(self.recordings.remove_unkept, session_id)
         except OSError as e:
             log.error("session %s: its recordings could not be removed: %s", session_id, e)
 
     async def _sweep_recordings(self) -> None:
         """Remove the unkept recordings of sessions that ended and whose record is gone (expired after
         ``LIPAR_RECORD_TTL_S``, deleted through another node, or lost with a restart of the in-memory store)."""
-        for sid in self.recordings.sessions_with_unkept():
+        for sid in await asyncio.to_thread(self.recordings.sessions_with_unkept):  # reads every sidecar
             if sid not in self.live and await self.store.get(sid) is None:
-                self._remove_recordings(sid)
+                await self._remove_recordings(sid)
 
     # ---- callbacks from the pool and the live sessions (event loop) ------------------------------------
     def _on_block(self, session_id: str, msg: m.BlockDone, frames: np.ndarray) -> None:
@@ -538,7 +539,7 @@ class SessionManager:
             stats["state"] = state
         await self.recordings.stop(session_id)  # finalised: the file plays
         if not keep_record:  # deleted: its recordings go too, unless kept
-            self._remove_recordings(session_id)
+            await self._remove_recordings(session_id)
         if live is not None:
             log.info("session %s %s: %s", session_id, state, reason)
         if keep_record:

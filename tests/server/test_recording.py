@@ -530,3 +530,41 @@ async def _listed(http: httpx.AsyncClient, sid: str) -> list[dict[str, Any]] | N
 async def _listed_empty(http: httpx.AsyncClient, sid: str) -> bool:
     r = await http.get(f"/v1/sessions/{sid}/recordings")
     return r.status_code == 200 and r.json()["recordings"] == []
+
+
+async def test_shutdown_finalises_and_a_restart_sweeps_unkept_recordings(
+    start_server: Callable[..., ServerProcess], clip: list[np.ndarray], tmp_path: Path
+) -> None:
+    """A server that shuts down while recording finalises its files (done, playable). With the in-memory store the
+    records are gone after a restart, so the next server removes the unkept recordings at its first sweep and
+    keeps, lists and serves the kept one."""
+    env = {"LIPAR_RECORDINGS_DIR": str(tmp_path / "recs")}
+    srv = start_server(**env)
+    async with httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
+        a = await _create(http, record=True)
+        b = await _create(http, record=True, record_keep=True)
+        peers = [await ClientPeer.connect(http, s, clip, fps=FPS, n_frames=200) for s in (a, b)]
+        try:
+            for s in (a, b):
+                await _until("frames in the recording", lambda s=s: _frames_recorded(http, s["id"], 6), 90)
+            await asyncio.to_thread(srv.stop)  # SIGINT while both are recording
+        finally:
+            for p in peers:
+                await p.close()
+    for s in (a, b):
+        (side,) = (tmp_path / "recs" / s["id"]).glob("rec-*.json")
+        info = json.loads(side.read_text())
+        assert info["state"] == "done" and info["frames"] >= 6, info
+        assert _read_mp4(side.with_suffix(".mp4"))["frames"] == info["frames"]
+    srv2 = await asyncio.to_thread(start_server, **env)
+    async with httpx.AsyncClient(base_url=srv2.url, timeout=30) as http:
+
+        async def swept() -> bool:
+            return not (tmp_path / "recs" / a["id"]).exists()
+
+        await _until("the unkept recording to be swept", swept, 30)
+        (kept,) = await _recordings(http, b["id"])
+        assert kept["state"] == "done" and kept["keep"] is True
+        got = await _download(http, b["id"], kept["name"], tmp_path / "kept.mp4")
+        assert got["frames"] == kept["frames"]
+        assert (await http.get(f"/v1/sessions/{a['id']}/recordings")).status_code == 404
