@@ -63,6 +63,7 @@ async function connect(app) {
   if (!st.running) return;
   const seq = ++st.offerSeq;
   const s = settings();
+  stopWarmup(st);
   api.token = ui.token.value.trim();
   setConn(st, 'connecting', st.attempt ? `Reconnecting (try ${st.attempt + 1})…` : 'Connecting…');
   setPlaceholder('Connecting to the server…');
@@ -95,7 +96,7 @@ async function connect(app) {
     });
     if (seq !== st.offerSeq) return;
     setConn(st, 'connecting', 'Connected, warming up…');
-    watchWarmup(app); // 'Warming up the model…', the seconds waited and the server's progress
+    watchWarmup(app, 'session'); // 'Warming up the model… (n s)', with the server's stage if it has one
     startPolling(app);
   } catch (e) {
     if (seq !== st.offerSeq) return;
@@ -130,6 +131,12 @@ function handleConnectError(app, e) {
   }
   showError(e);
   scheduleReconnect(app, e instanceof ApiError ? e.retryAfter : null);
+  if (e instanceof ApiError && e.status === 503) {
+    // full, or still starting: while /readyz reports the start, show it, and connect as soon as it is ready
+    watchWarmup(app, 'server', () => {
+      if (st.running && !st.session) connect(app);
+    });
+  }
 }
 
 // Exponential backoff (1 s … 30 s, ±20 % jitter), or the server's Retry-After; a countdown in the pill.

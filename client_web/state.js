@@ -28,7 +28,7 @@ export function createState() {
     // prompts.js: the check of the prompt in the field (debounce timer, newest request, endpoint there or not)
     promptCheck: { timer: null, seq: 0, supported: null },
     // warmup.js: the /readyz watch while the model warms up
-    warmup: { timer: null, since: 0, progress: null },
+    warmup: { timer: null, since: 0, progress: null, mode: null },
   };
 }
 

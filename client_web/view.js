@@ -87,7 +87,7 @@ export async function toggleFullscreen() {
 export function syncFullscreen() {
   const on = document.fullscreenElement === ui.stage;
   ui.fullscreen.setAttribute('aria-pressed', String(on));
-  ui.fullscreen.textContent = on ? '⛶ Leave fullscreen' : '⛶ Fullscreen';
+  ui.fullscreen.textContent = on ? 'Leave fullscreen' : 'Fullscreen';
 }
 
 /** Hide the button where the browser has no Fullscreen API (iPhone Safari) or it is not allowed. */

@@ -15,7 +15,8 @@
 // viewer link"; (7) Snapshot → a PNG download, Record → timer (screenshot) → Stop → a webm
 // download of REC_S seconds (env, default 30), then a short side-by-side recording; screenshot at 360 px phone
 // width; Stop ends the session; (8) a link carrying the
-// token in its fragment (#token=...): the page takes it, keeps it in sessionStorage and clears the address bar.
+// token in its fragment (#token=...): the page takes it, keeps it in sessionStorage and clears the address bar;
+// (9) a server still starting (routed answers): the page shows its warm-up stage and bar, and starts once ready.
 // While waiting for the first frames the warm-up texts shown are collected; during the long recording the stats
 // overlay is sampled (it must never drop to 0 or a dash between the server's blocks). Every step's time, any unexpected browser console error and every Content-Security-Policy violation (the
 // server sends a strict CSP) go into the result.
@@ -529,6 +530,53 @@ try {
   result.token_link = { address_has_token: link.address_has_token, stored_ok: link.stored_ok, field_ok: link.field_ok };
   await linked.close();
   mark('token_link');
+
+  // 9. A server still starting (routed: the test's server is ready before the page opens): POST /v1/sessions
+  // answers 503 with a long Retry-After and /readyz reports the workers' warm-up. The page shows the stage and a
+  // bar, and connects again as soon as /readyz says ready, not after Retry-After.
+  const starting = await context.newPage();
+  watch(starting, 'server-starting');
+  const compiling = { stage: 'compiling', done: 2, total: 5, fraction: 0.4 };
+  let readyz = { status: 'unavailable', node_id: 'e2e', checks: {}, progress: compiling };
+  const posts = [];
+  await starting.route('**/readyz', (route) =>
+    route.fulfill({
+      status: readyz.status === 'ok' ? 200 : 503,
+      contentType: 'application/json',
+      body: JSON.stringify(readyz),
+    }),
+  );
+  await starting.route('**/v1/sessions', (route) => {
+    if (route.request().method() !== 'POST') return route.continue();
+    posts.push(Date.now());
+    return route.fulfill({
+      status: 503,
+      headers: { 'Retry-After': '60' },
+      contentType: 'application/json',
+      body: JSON.stringify({ error: { code: 'not_ready', message: 'the workers are starting' } }),
+    });
+  });
+  await starting.goto(`${url}/?${q}`);
+  const startingShown = await waitFor('the server warm-up progress', 10000, async () => {
+    const r = await starting.evaluate(() => {
+      const bar = document.getElementById('warmup-bar');
+      return { text: document.getElementById('placeholder-text').textContent, bar: bar.hidden ? null : [bar.value, bar.max] };
+    });
+    return { done: r.bar !== null, ...r };
+  });
+  const postsBefore = posts.length;
+  readyz = { status: 'ok', node_id: 'e2e', checks: {}, progress: { stage: 'ready', done: 0, total: 0, fraction: 1 } };
+  const readyAt = Date.now();
+  await waitFor('Start again once the server is ready', 10000, async () => ({ done: posts.length > postsBefore, posts: posts.length }));
+  result.server_starting = {
+    text: startingShown.text,
+    bar: startingShown.bar,
+    posts_before_ready: postsBefore,
+    retry_after_s: 60,
+    reconnect_after_ready_s: (posts[postsBefore] - readyAt) / 1000,
+  };
+  await starting.close();
+  mark('server_starting');
   result.ok = true;
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e);

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(270 + REC_S)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(290 + REC_S)]
 
 
 def _netns_ok() -> tuple[bool, str]:
@@ -78,7 +78,7 @@ def e2e_result() -> dict[str, object]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=230 + REC_S,
+        timeout=250 + REC_S,
     )
     wall = time.monotonic() - t0
     path = ARTIFACTS / "result.json"
@@ -346,8 +346,8 @@ def test_page_controls_follow_the_model_ranges(e2e_result: dict[str, object]) ->
 
 
 def test_page_shows_warmup_and_steady_stats(e2e_result: dict[str, object]) -> None:
-    """While the model warms up the placeholder counts the seconds (with the server's stage when it reports
-    one); the stats overlay never drops to 0 or a dash between the server's blocks, and each figure has a
+    """While the model warms up the placeholder counts the seconds; while the server starts (routed /readyz and
+    503 answers) it shows the stage with a bar and starts as soon as the server is ready; the stats overlay never drops to 0 or a dash between the server's blocks, and each figure has a
     tooltip saying what it measures and over which window."""
     r = e2e_result
     assert r.get("ok"), _explain(r)
@@ -357,6 +357,14 @@ def test_page_shows_warmup_and_steady_stats(e2e_result: dict[str, object]) -> No
         if t["bar"] is not None:
             value, top = t["bar"]
             assert 0 <= value <= top, t
+    # a server still starting: its stage and a bar, and Start again as soon as it is ready (not after Retry-After)
+    starting = r["server_starting"]
+    assert isinstance(starting, dict), _explain(r)
+    assert starting["text"] == "The server is warming up: compiling (2 of 5)" and starting["bar"] == [2, 5], (
+        starting
+    )
+    assert starting["posts_before_ready"] >= 1, starting
+    assert starting["reconnect_after_ready_s"] < 5 < starting["retry_after_s"], starting
     titles = r["overlay_titles"]
     assert isinstance(titles, dict)
     assert "sliding window" in titles["s-fps"] and "smoothed" in titles["s-fps"], titles
