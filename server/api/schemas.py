@@ -481,12 +481,29 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class WarmupProgress(BaseModel):
+    """How far the workers' start has come (``/readyz``, for everyone: no pids, no errors)."""
+
+    stage: Literal["starting", "loading", "compiling", "capturing", "ready"] = Field(
+        description="the least advanced worker's stage: starting (process starting), loading (the model), "
+        "compiling (warm-up blocks, GPU), capturing (CUDA graphs, GPU), ready"
+    )
+    done: int = Field(description="steps of that stage done (that worker's)")
+    total: int = Field(description="steps of that stage (0: not known yet)")
+    fraction: float = Field(
+        description="the workers' start done on average, 0..1 (a guide for a bar, not a time)"
+    )
+
+
 class Health(BaseModel):
     """``/healthz`` and ``/readyz``."""
 
     status: Literal["ok", "unavailable"]
     node_id: str
     checks: dict[str, object] = Field(default_factory=dict)
+    progress: WarmupProgress | None = Field(
+        default=None, description="/readyz only: the workers' warm-up (public, with or without the token)"
+    )
 
 
 # ---- limits that depend on the served preset (checked by the routes before a worker sees the request) ---------

@@ -9,7 +9,9 @@ name another factory with the same interface, production code never does.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_FACTORY = "server.worker.editors:LiparEditorFactory"
+
+#: ``progress(stage, done, total)``: a factory's warm-up progress (stages of
+#: :data:`server.worker.messages.WarmupStage`), called in the worker process while the factory is made.
+Progress = Callable[[str, int, int], None]
 
 
 class EditorFactory(Protocol):
@@ -39,15 +45,18 @@ class EditorFactory(Protocol):
 class LiparEditorFactory:
     """The production factory: ``lipar_core`` presets and ``StreamEditor``."""
 
-    def __init__(self, config: str, device: str) -> None:
+    def __init__(self, config: str, device: str, progress: Progress | None = None) -> None:
         from lipar_core.presets import get_preset_config, load_preset
 
+        self._progress: Progress = progress or (lambda stage, done, total: None)
+        self._progress("loading", 0, 1)
         preset = get_preset_config(config)  # a preset name or a YAML path
         runtime = preset.runtime.model_dump()
         runtime["device"] = device
         preset = preset.with_overrides(runtime=runtime)
         self.models = load_preset(preset)
         probe = self._editor("warm-up", 0)
+        self._progress("loading", 1, 1)
         self.frames_per_block = int(probe.frames_per_block)
         self.height, self.width = int(probe.height), int(probe.width)
         if self.models.device.type == "cuda":
@@ -69,15 +78,21 @@ class LiparEditorFactory:
         b = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
         half = b.clone()
         half[:, : self.height // 2] = a[:, : self.height // 2]
+        blocks = (a, b, b, half)
+        self._progress("compiling", 0, len(blocks))
         with torch.inference_mode():
-            for frames in (a, b, b, half):
+            for i, frames in enumerate(blocks):
                 editor.process_block(frames)
+                self._progress("compiling", i + 1, len(blocks))
         t1 = time.perf_counter()
         log.info("ran the warm-up blocks in %.1f s; capturing CUDA graphs", t1 - t0)
-        last = [t1]
+        last, sent = [t1], [0.0]
 
         def progress(done: int, total: int) -> None:
             now = time.perf_counter()
+            if done == total or now - sent[0] > 0.5:  # the pool hears of it at most twice a second
+                sent[0] = now
+                self._progress("capturing", done, total)
             if done == total or now - last[0] > 5.0:
                 last[0] = now
                 log.info("CUDA graphs: %d of %d prepared", done, total)
@@ -103,9 +118,13 @@ class LiparEditorFactory:
         return StreamEditor(self.models, prompt=prompt, seed=seed, lipar=settings)
 
 
-def make_factory(path: str, config: str, device: str) -> EditorFactory:
-    """Import ``"module:attr"`` and call it with ``(config, device)``."""
+def make_factory(path: str, config: str, device: str, progress: Progress | None = None) -> EditorFactory:
+    """Import ``"module:attr"`` and call it with ``(config, device)``, plus ``progress=`` when given and the factory
+    takes it (test factories without warm-up need not)."""
     module, _, attr = path.partition(":")
     obj = getattr(importlib.import_module(module), attr)
-    factory: EditorFactory = obj(config, device)
+    if progress is not None and "progress" in inspect.signature(obj).parameters:
+        factory: EditorFactory = obj(config, device, progress=progress)
+    else:
+        factory = obj(config, device)
     return factory

@@ -9,7 +9,7 @@ never travel in messages; they stay in the shared-memory slab (:mod:`server.work
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from lipar_core.protocol import Transition as Transition  # the editor's: a prompt change passes through
 
@@ -81,6 +81,23 @@ class Stop:
 
 
 # ---- worker → server -------------------------------------------------------------------------------------
+#: The stages of a worker's start, in order: the process is starting (no message yet), the model is being loaded,
+#: the warm-up blocks compile the layer functions and autotune kernels (GPU), the CUDA graphs of every kept-token
+#: bucket are captured (GPU), the worker serves. On the CPU a worker goes from loading to ready.
+WarmupStage = Literal["starting", "loading", "compiling", "capturing", "ready"]
+WARMUP_STAGES: tuple[WarmupStage, ...] = get_args(WarmupStage)
+
+
+@dataclass(frozen=True)
+class WorkerProgress:
+    """How far the worker's start has come (sent before :class:`WorkerReady`): ``done`` of ``total`` steps of
+    ``stage`` (loading: 0 of 1, then 1 of 1; compiling: warm-up blocks run; capturing: CUDA graphs captured)."""
+
+    stage: WarmupStage
+    done: int
+    total: int
+
+
 @dataclass(frozen=True)
 class WorkerReady:
     """The model is loaded; ``frames_per_block``, ``height``, ``width`` describe every block of this worker."""
@@ -171,7 +188,16 @@ class WorkerFailed:
 
 
 ToWorker = AttachSlab | OpenSession | CloseSession | SetPrompt | SetParams | SubmitBlock | Stop
-FromWorker = WorkerReady | BlockDone | SessionError | SlotsFreed | WorkerMemory | WorkerLoad | WorkerFailed
+FromWorker = (
+    WorkerReady
+    | WorkerProgress
+    | BlockDone
+    | SessionError
+    | SlotsFreed
+    | WorkerMemory
+    | WorkerLoad
+    | WorkerFailed
+)
 
 
 def describe(msg: Any) -> str:

@@ -76,6 +76,24 @@ _BACKOFF_BASE_S = 1.0
 STABLE_S = 60.0
 
 
+#: the part of a worker's start each warm-up stage covers (from, to), for :func:`warmup_fraction`: loading the
+#: model is quick next to the GPU's compiling and graph capture, which take most of a GPU worker's start
+_STAGE_SPAN: dict[str, tuple[float, float]] = {
+    "starting": (0.0, 0.0),
+    "loading": (0.0, 0.3),
+    "compiling": (0.3, 0.5),
+    "capturing": (0.5, 1.0),
+    "ready": (1.0, 1.0),
+}
+
+
+def warmup_fraction(p: m.WorkerProgress) -> float:
+    """How much of a worker's start is done, 0..1 (a rough guide for a progress bar, not a time estimate)."""
+    lo, hi = _STAGE_SPAN[p.stage]
+    part = min(1.0, max(0.0, p.done / p.total)) if p.total > 0 else 0.0
+    return lo + (hi - lo) * part
+
+
 def restart_delay(failures_in_row: int, ceiling_s: float, base_s: float = _BACKOFF_BASE_S) -> float:
     """Seconds to wait before restarting a worker that has now failed ``failures_in_row`` times in a row.
 
@@ -121,6 +139,7 @@ class _Worker:
     busy: float | None = None  # fraction of wall time not idle-waiting, last report
     blocks_per_s: float | None = None  # blocks finished per second, last report
     reader: threading.Thread | None = None
+    warmup: m.WorkerProgress = field(default_factory=lambda: m.WorkerProgress("starting", 0, 0))
 
 
 BlockCallback = Callable[[str, m.BlockDone, np.ndarray], None]
@@ -278,9 +297,26 @@ class WorkerPool:
                 ),
                 "busy": round(w.busy, 3) if w.busy is not None else None,
                 "blocks_per_s": round(w.blocks_per_s, 2) if w.blocks_per_s is not None else None,
+                "warmup": {"stage": w.warmup.stage, "done": w.warmup.done, "total": w.warmup.total},
             }
             for w in self.workers
         ]
+
+    def progress(self) -> dict[str, Any]:
+        """How far the workers' start has come, for everyone (``/readyz``'s ``progress``; no pids, no errors):
+        the stage of the least advanced worker with its ``done`` of ``total``, and ``fraction`` (0..1), the mean
+        over the workers of :func:`warmup_fraction`."""
+        order = {stage: i for i, stage in enumerate(m.WARMUP_STAGES)}
+        least = min(
+            (w.warmup for w in self.workers), key=lambda p: (order[p.stage], p.done / max(1, p.total))
+        )
+        fraction = sum(warmup_fraction(w.warmup) for w in self.workers) / max(1, len(self.workers))
+        return {
+            "stage": least.stage,
+            "done": least.done,
+            "total": least.total,
+            "fraction": round(fraction, 3),
+        }
 
     def pids(self) -> list[int | None]:
         """Process ids of the workers (for operators and tests)."""
@@ -378,6 +414,7 @@ class WorkerPool:
         w.ready_at = None
         w.settled_rss_bytes = None
         w.busy = w.blocks_per_s = None
+        w.warmup = m.WorkerProgress("starting", 0, 0)
         w.ctrl, w.results = self._ctx.Queue(), self._ctx.Queue()
         w.proc = self._ctx.Process(
             target=worker_main,
@@ -508,6 +545,9 @@ class WorkerPool:
                 self.on_error(msg.session_id, msg.message, msg.fatal)
         elif isinstance(msg, m.WorkerReady):
             self._on_ready(w, msg)
+        elif isinstance(msg, m.WorkerProgress):
+            w.warmup = msg
+            log.info("worker %d warming up: %s %d of %d", w.index, msg.stage, msg.done, msg.total)
         elif isinstance(msg, m.WorkerMemory):
             w.settled_rss_bytes = msg.settled_rss_bytes
             self.metrics.worker_settled_rss.labels(worker=str(w.index)).set(msg.settled_rss_bytes)
@@ -543,6 +583,7 @@ class WorkerPool:
         self._send(w, m.AttachSlab(w.slab.name, n_slots, slot_frames))
         w.ready = True
         w.state = "ready"
+        w.warmup = m.WorkerProgress("ready", 1, 1)
         w.ready_at = w.last_seen = time.monotonic()
         w.start_failures = 0
         w.last_error = None

@@ -32,7 +32,7 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -130,7 +130,7 @@ class WorkerLoop:
         self.ctrl, self.results = ctrl, results
         self.heartbeat_interval_s = heartbeat_interval_s
         self.idle_wait_s = min(_IDLE_WAIT_S, heartbeat_interval_s)
-        self.factory = make_factory(factory_path, config, device)
+        self.factory = make_factory(factory_path, config, device, progress=self._progress)
         self.slab: FrameSlab | None = None
         self.sessions: dict[str, _Session] = {}
         self.order: collections.deque[str] = collections.deque()
@@ -142,6 +142,12 @@ class WorkerLoop:
         self.overlap: bool = torch.device(device).type == "cuda"
         self.inflight: _InFlight | None = None
         self.load = LoadMeter(heartbeat_interval_s)
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        """The factory's warm-up progress, to the pool (:class:`~server.worker.messages.WorkerProgress`)."""
+        if stage not in m.WARMUP_STAGES:
+            raise ValueError(f"unknown warm-up stage {stage!r}; one of {m.WARMUP_STAGES}")
+        self.results.put(m.WorkerProgress(cast(m.WarmupStage, stage), done, total))
 
     def run(self) -> None:
         """Serve until a :class:`~server.worker.messages.Stop` arrives or the queue breaks."""

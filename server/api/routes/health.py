@@ -3,8 +3,9 @@
 Who sees what when ``LIPAR_API_TOKEN`` is set:
 
 * ``/healthz``: everyone (status and node id).
-* ``/readyz``: everyone gets the status code (200 ready, 503 not) and ``status``; the details (``checks``: the
-  store, each worker's state, pid, error text, load) need ``Authorization: Bearer <token>``, unless
+* ``/readyz``: everyone gets the status code (200 ready, 503 not), ``status`` and ``progress`` (the workers'
+  warm-up: stage, done of total, fraction; nothing secret); the details (``checks``: the store, each worker's
+  state, pid, error text, load, warm-up) need ``Authorization: Bearer <token>``, unless
   ``LIPAR_READYZ_DETAILS_PUBLIC=true``. A missing or wrong token is never a 401 here, so container healthchecks
   and load balancers probe it without the secret.
 * ``/metrics``: needs the bearer token (401 otherwise) unless ``LIPAR_METRICS_PUBLIC=true``.
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server.api.deps import ManagerDep, MetricsDep, SettingsDep, check_bearer, require_token
-from server.api.schemas import Health
+from server.api.schemas import Health, WarmupProgress
 
 router = APIRouter(tags=["operations"])
 
@@ -47,9 +48,13 @@ async def readyz(
     ``checks`` (with the bearer token when ``LIPAR_API_TOKEN`` is set, or ``LIPAR_READYZ_DETAILS_PUBLIC=true``;
     empty otherwise): the store, and per worker its ``state`` (``starting``, ``ready``, ``hung``,
     ``restarting``, ``failed``: given up after failing to start ``LIPAR_WORKER_MAX_START_FAILURES`` times in a
-    row, ``stopped``), ``pid``, ``last_error``, ``heartbeat_age_s``, and its load over about the last second:
+    row, ``stopped``), ``pid``, ``last_error``, ``heartbeat_age_s``, its load over about the last second:
     ``busy`` (fraction of wall time it was not idle-waiting for work, 0..1) and ``blocks_per_s`` (null until
-    its first report).
+    its first report), and ``warmup``: ``{stage, done, total}`` of its start (``starting``, ``loading``,
+    ``compiling`` n of m warm-up blocks and ``capturing`` n of m CUDA graphs on a GPU, ``ready``).
+
+    ``progress`` (for everyone): the least advanced worker's warm-up stage with its ``done`` and ``total``, and
+    ``fraction``, the workers' start done on average (0..1).
     """
     store_ok = await manager.store.ping()
     ready = store_ok and manager.pool.ready
@@ -59,7 +64,12 @@ async def readyz(
             "store": {"kind": manager.store.kind, "ok": store_ok},
             "workers": manager.pool.status(),
         }
-    body = Health(status="ok" if ready else "unavailable", node_id=settings.node_id, checks=checks)
+    body = Health(
+        status="ok" if ready else "unavailable",
+        node_id=settings.node_id,
+        checks=checks,
+        progress=WarmupProgress.model_validate(manager.pool.progress()),
+    )
     headers = None if ready else {"Retry-After": "5"}
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=headers)
 
