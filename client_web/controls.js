@@ -1,5 +1,6 @@
-// The controls' event listeners: the prompt form and chips, Start/Stop, the generation settings, camera,
-// Record/Snapshot/Mirror, the heat-map toggle, keyboard shortcuts and leaving the page.
+// The controls' event listeners: the prompt form, its notice and chips, Start/Stop, the generation settings,
+// camera, Record/Snapshot/Mirror, the heat-map toggle, view modes, the split divider, fullscreen, Copy viewer link,
+// keyboard shortcuts and leaving the page.
 
 import { refreshCameras, switchCamera } from './camera.js';
 import { ui } from './dom.js';
