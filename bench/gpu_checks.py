@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 
-from lipar_core.bench import WAN_1_3B, RandomTextEncoder, bench_config
+from lipar_core.bench import RandomTextEncoder, bench_config
 from lipar_core.editor import StreamEditor
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
 from lipar_core.lipar.prune import KeepSet
+from lipar_core.models.configs import tiny_transformer_config, wan_1_3b_transformer_config
 from lipar_core.models.graphs import GraphedDiT
 from lipar_core.models.kv_cache import CacheStage
 from lipar_core.models.transformer import CausalWanDiT
@@ -49,18 +50,9 @@ def timed(fn: Callable[[], object], reps: int = 10) -> float:
 
 
 def check_first_block() -> None:
-    tiny = {
-        **WAN_1_3B,
-        "num_attention_heads": 2,
-        "attention_head_dim": 16,
-        "num_layers": 2,
-        "ffn_dim": 64,
-        "text_dim": 32,
-        "freq_dim": 32,
-    }
     for name, cfg, dt, size in [
-        ("tiny_fp32", tiny, torch.float32, (64, 96)),
-        ("1.3b_bf16", WAN_1_3B, torch.bfloat16, (480, 832)),
+        ("tiny_fp32", tiny_transformer_config(), torch.float32, (64, 96)),
+        ("1.3b_bf16", wan_1_3b_transformer_config(), torch.bfloat16, (480, 832)),
     ]:
         torch.manual_seed(0)
         wan = WanTransformer3DModel(**cfg).eval()

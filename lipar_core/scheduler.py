@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lipar_core.protocol import MAX_STEPS
+
 
 @dataclass(frozen=True)
 class FlowMatchScheduler:
@@ -72,12 +74,13 @@ def make_step_list(strength: float, steps: int, num_train_timesteps: int = 1000)
     LIPAR config); steps in between are evenly spaced.
 
     Raises:
-        ValueError: strength outside (0, 1], steps outside [1, 8], or too few distinct step values.
+        ValueError: strength outside (0, 1], steps outside [1, :data:`~lipar_core.protocol.MAX_STEPS`], or too
+            few distinct step values.
     """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    if not 1 <= steps <= 8:
-        raise ValueError(f"steps must be in [1, 8], got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
     first = max(1, round(strength * num_train_timesteps))
     if steps == 1:
         return [first]

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lipar_core.protocol import MAX_PROMPT_CHARS
+
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 _PLACEHOLDER_TOKENS = {"changethis", "change-me", "changeme", "secret", "token", "xxx"}
 
@@ -57,7 +59,7 @@ class Settings(BaseSettings):
     video_codec: Literal["vp8", "h264"] = "vp8"
     video_bitrate: Annotated[int, Field(ge=100_000, le=50_000_000)] = 2_000_000
     idle_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
-    max_prompt_chars: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    max_prompt_chars: Annotated[int, Field(ge=1, le=MAX_PROMPT_CHARS)] = 1000  # the core's limit bounds it
     max_body_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 256 * 1024
     max_sdp_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 64 * 1024
     heartbeat_ttl_s: Annotated[float, Field(gt=0.5, le=600)] = 15.0

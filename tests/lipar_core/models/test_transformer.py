@@ -7,22 +7,10 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from lipar_core.geometry import StreamGeometry
+from lipar_core.models.configs import tiny_transformer_config
 from lipar_core.models.transformer import CausalWanDiT
 
-TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=16,
-    out_channels=16,
-    text_dim=16,
-    freq_dim=16,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-)
+TINY = tiny_transformer_config()
 
 
 def _model(seed: int = 0) -> CausalWanDiT:
