@@ -27,8 +27,8 @@ from lipar_core.lipar.mask import PruneMasker
 from lipar_core.lipar.prune import KeepSet, PendingKeepSet, padded_count
 from lipar_core.lipar.restore import RestorationBuffer
 from lipar_core.models.graphs import GraphedDiT
-from lipar_core.protocol import BlockStats as BlockStats  # the one stats type, re-exported here
 from lipar_core.protocol import MAX_BLEND_BLOCKS as MAX_BLEND_BLOCKS  # defined with the contract's limits
+from lipar_core.protocol import BlockStats as BlockStats  # the one stats type, re-exported here
 from lipar_core.protocol import Transition as Transition
 from lipar_core.scheduler import make_step_list
 from lipar_core.timing import StageHandle, StageTimer
