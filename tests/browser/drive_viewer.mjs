@@ -7,7 +7,8 @@
 // does not exist; (2) /view/<id> without a token says a token is needed; (3) /view/<id>#token=… at 1280×720 (an OBS
 // browser source's size): the video plays (frames counted with requestVideoFrameCallback, videoWidth > 0), the token
 // is gone from the address bar, a screenshot as OBS would show it (viewer.png); (4) a second viewer page plays at the
-// same time; (5) the session is deleted: the page says the session has ended. Every Content-Security-Policy
+// same time; (5) a third one is over the limit (LIPAR_VIEWERS_PER_SESSION=2): it says so, retries by itself and plays
+// once the second closes; (6) the session is deleted: the page says the session has ended. Every Content-Security-Policy
 // violation and unexpected console error goes into the result.
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -15,8 +16,8 @@ import { chromium } from 'playwright-core';
 const [url, sessionId, outDir] = process.argv.slice(2);
 const TOKEN = process.env.LIPAR_TEST_TOKEN || '';
 const MIN_FRAMES = Number(process.env.MIN_FRAMES || 30);
-// The 401/404 answers of steps 1 and 2 are logged by Chromium as failed resource loads.
-const EXPECTED_CONSOLE = /Failed to load resource: the server responded with a status of (401|404)/;
+// The 401/404/429 answers of steps 1, 2 and 5 are logged by Chromium as failed resource loads.
+const EXPECTED_CONSOLE = /Failed to load resource: the server responded with a status of (401|404|429)/;
 const t0 = Date.now();
 const result = { ok: false, steps: {}, console_errors: [], page_errors: [], csp_violations: [] };
 const mark = (name, extra = {}) => {
@@ -138,7 +139,21 @@ try {
   result.first_kept_playing = (await viewerState(page)).frames > before;
   mark('two_viewers');
 
-  // 5. The session ends: the page says so (the server closes the viewers; the page looks the session up again).
+  // 5. A third viewer is over the server's limit (LIPAR_VIEWERS_PER_SESSION=2): the page says so and retries by
+  // itself; once the second viewer's page closes, the third one's retry connects and plays.
+  const third = await open('third', `${url}/view/${sessionId}#token=${TOKEN}`);
+  result.over_limit = await waitFor('the viewer-limit message', 30000, async () => {
+    const s = await viewerState(third);
+    return { done: s.state === 'waiting' && /LIPAR_VIEWERS_PER_SESSION/.test(s.message), ...s };
+  });
+  await second.close();
+  result.third = await waitFor('the third viewer to play once a place is free', 90000, async () => {
+    const s = await viewerState(third);
+    return { done: s.frames >= 10 && s.state === 'playing', ...s };
+  });
+  mark('retry_after_limit');
+
+  // 6. The session ends: the page says so (the server closes the viewers; the page looks the session up again).
   const res = await fetch(`${url}/v1/sessions/${sessionId}`, {
     method: 'DELETE',
     headers: { Authorization: `Bearer ${TOKEN}` },

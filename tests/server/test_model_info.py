@@ -178,8 +178,12 @@ def test_not_a_bundle_gives_prompts_null(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_embedded_default_reports_its_trained_strength_and_styles() -> None:
-    info = _read("tiny")  # the shipped demo bundle: trained at strength 0.15, 3 steps
-    assert (info.strength, info.steps) == (0.15, 3)
+    info = _read("tiny")  # the shipped demo bundle: the strength and steps it was trained at (its metadata)
+    from lipar_core.bundle import bundle_train_config
+    from lipar_core.presets import bundle_path
+
+    trained = bundle_train_config(bundle_path("weights/demo.safetensors"))["denoising_steps"]
+    assert (info.strength, info.steps) == (trained[0] / 1000, len(trained))
     assert info.prompts is not None and len(info.prompts) == 8
     assert info.prompts["negative"][:2] == ["photo negative", "inverted colors"]
 
@@ -306,12 +310,17 @@ def test_min_by_steps_is_the_lowest_strength_accepted(preset: str) -> None:
 
 
 def test_demo_preset_recommends_its_trained_strength() -> None:
+    """The demo model edits well only near the strength it was trained at: its preset says so, and the ranges
+    carry it (a band around the default, narrower than the valid range)."""
     info = _read("tiny")
     s = info.ranges.strength
     cfg = PresetConfig.from_yaml(preset_path("tiny")).scheduler
-    assert (s.recommended_min, s.recommended_max) == cfg.recommended_strength == (0.12, 0.18)
-    assert s.recommended_min <= s.default == info.strength == 0.15 <= s.recommended_max
-    assert (info.ranges.steps.default, info.steps) == (3, 3)
+    assert cfg.recommended_strength is not None
+    assert (s.recommended_min, s.recommended_max) == cfg.recommended_strength
+    assert s.recommended_min <= s.default == info.strength <= s.recommended_max
+    assert s.default == cfg.denoising_steps[0] / cfg.num_train_timesteps
+    assert s.recommended_max - s.recommended_min < 0.1 * (s.max - s.min)
+    assert (info.ranges.steps.default, info.steps) == (len(cfg.denoising_steps),) * 2
 
 
 def _scheduler_preset(tmp_path: Path, recommended: list[float]) -> Path:
