@@ -266,3 +266,29 @@ async def test_fan_out_follows_the_source_and_refuses_when_off() -> None:
     with pytest.raises(Exception, match="ended"):
         await viewers.add("s", source, "v=0\r\n")
     assert viewers.sessions == {} and source.frame_listeners == []
+
+
+async def test_only_the_sessions_node_serves_its_viewers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer's offer sent to a node that does not own the session's media is a 409 naming the owner's viewer page
+    (as the publisher's offer is), and an oversized SDP is a 413; no worker, no peer connection needed."""
+    from server.main import create_app
+    from server.settings import load_settings
+
+    app = create_app(load_settings(config="tiny-random", node_id="here", max_sdp_bytes=2048), client_dir=None)
+    record = {
+        "id": "s1",
+        "node_id": "there",
+        "state": "streaming",
+        "offer_url": "http://there.example:8000/v1/sessions/s1/offer",
+    }
+
+    async def get(session_id: str) -> dict[str, Any]:
+        return {**record, "id": session_id}
+
+    monkeypatch.setattr(app.state.manager, "get", get)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        r = await http.post("/v1/sessions/s1/view", json={"sdp": "v=0\r\n", "type": "offer"})
+        assert r.status_code == 409, r.text
+        assert "open its viewer at http://there.example:8000/view/s1" in r.json()["error"]["message"]
+        r = await http.post("/v1/sessions/s1/view", json={"sdp": "x" * 2049, "type": "offer"})
+        assert r.status_code == 413 and "2048" in r.json()["error"]["message"], r.text
