@@ -6,7 +6,7 @@
 # starts from a bundle's weights.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHL:-.whl}/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD LIPAR_CLIPS_DIR=$PWD/.clips LIPAR_STILLS_FILE=$PWD/.train/stills.npz
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 timeout "${TRAIN_TIMEOUT:-575}" python3 -m lipar_core.train.demo --out "$OUT" --device cuda --workers 8 \

@@ -70,14 +70,17 @@ DEMO_AUTOENCODER: dict[str, Any] = {"encoder_width": 32, "decoder_widths": [64, 
 class DemoConfig:
     """Everything that defines a training run (saved with the bundle)."""
 
-    height: int = 256
-    width: int = 256
-    latent_frames_per_block: int = 3
+    # Widescreen with the 1.3B presets' aspect (832x480 halved), one latent frame (4 pixel frames) per block:
+    # a block is gathered in 133 ms at 30 fps, so latency is one block's compute plus little (issue 16).
+    height: int = 240
+    width: int = 416
+    latent_frames_per_block: int = 1
     sink_frames: int = 1
     window_frames: int = 8
     train_frames: int = 21
-    # strength 0.15 (make_step_list): sigma 0.47 -> 0.34, an edit that keeps the input's structure
-    denoising_steps: list[int] = field(default_factory=lambda: [150, 122, 94])
+    # strength 0.09: sigma 0.33 -> 0.21 (shift 5), low enough that the model sees the input's detail (edges,
+    # the pass-through edit) and high enough to repaint colour and texture
+    denoising_steps: list[int] = field(default_factory=lambda: [90, 70, 50])
     shift: float = 5.0
     transformer: dict[str, Any] = field(default_factory=lambda: dict(DEMO_TRANSFORMER))
     autoencoder: dict[str, Any] = field(default_factory=lambda: dict(DEMO_AUTOENCODER))
@@ -89,12 +92,14 @@ class DemoConfig:
     )
     ae_crop: int = 128
     ae_lr: float = 1e-3
+    ae_jitter: float = 0.05  # std of the noise added to latents before decoding in stage 1 (robust decoder)
     ae_seconds: float | None = None  # wall-clock budget of stage 1 (None: ae_steps decides alone)
     pool_streams: int = 48  # training streams generated once and sampled from
     dit_steps: int = 2500
     dit_seconds: float | None = None  # wall-clock budget of stage 2 (None: dit_steps decides alone)
-    dit_size: int = 256  # the editor trains on frames resized to this square size (the DiT is size-agnostic)
-    dit_blocks: int = 3
+    # the editor trains on frames resized to this square size; None: at the stream size (height x width)
+    dit_size: int | None = None
+    dit_blocks: int = 4
     dit_batch: int = 8  # streams rolled out together per step (one batched KV cache)
     dit_lr: float = 1e-3
     original_fraction: float = 0.15  # share of training streams whose target is the input itself
@@ -216,7 +221,7 @@ def train_autoencoder(
             batch.append(target_frames(rng.choice(names), x))
         x = torch.stack(batch)  # [B, T, 3, h, w]
         z = ae.encoder_stream(trainable=True)(x)
-        z_noisy = z + 0.1 * torch.randn_like(z)
+        z_noisy = z + cfg.ae_jitter * torch.randn_like(z)
         y = ae.decoder_stream(trainable=True)(z_noisy)
         flat_x, flat_y = x.flatten(0, 1), y.flatten(0, 1)
         loss = (
@@ -281,7 +286,8 @@ def train_editor(
     KV cache). Returns the mean loss per step (MSE of the x0 prediction against the target latents).
     """
     clock = StageClock(cfg.dit_steps if steps is None else steps, cfg.dit_seconds if steps is None else None)
-    geo = StreamGeometry(cfg.dit_size, cfg.dit_size, latent_frames_per_block=cfg.latent_frames_per_block)
+    size = (cfg.height, cfg.width) if cfg.dit_size is None else (cfg.dit_size, cfg.dit_size)
+    geo = StreamGeometry(*size, latent_frames_per_block=cfg.latent_frames_per_block)
     fpb = geo.pixel_frames_per_block
     f_lat = geo.latent_frames_per_block
     sched = FlowMatchScheduler(shift=cfg.shift)
@@ -300,10 +306,8 @@ def train_editor(
         hit = latents.get((i, name))
         if hit is None:
             frames = to_float_frames(pool[i], device)
-            if frames.shape[-2:] != (cfg.dit_size, cfg.dit_size):
-                frames = F.interpolate(
-                    frames, size=(cfg.dit_size, cfg.dit_size), mode="bilinear", antialias=True
-                ).clamp_(0.0, 1.0)
+            if tuple(frames.shape[-2:]) != size:
+                frames = F.interpolate(frames, size=size, mode="bilinear", antialias=True).clamp_(0.0, 1.0)
             hit = latents[(i, name)] = _encode_stream(ae, target_frames(name, frames), fpb)
         return hit
 
@@ -384,7 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ae-batch", type=int, default=None)
     p.add_argument("--dit-steps", type=int, default=None)
     p.add_argument("--dit-seconds", type=float, default=None, help="stage 2 wall-clock budget (s)")
-    p.add_argument("--dit-size", type=int, default=None, help="editor training frame size (px, square)")
+    p.add_argument(
+        "--dit-size",
+        type=int,
+        default=None,
+        help="editor training frame size (px, square; default: the stream's)",
+    )
+    p.add_argument("--ae-jitter", type=float, default=None, help="latent noise std in stage 1")
+    p.add_argument("--dit-blocks", type=int, default=None, help="blocks per training stream")
     p.add_argument("--dit-batch", type=int, default=None, help="streams per editor step")
     p.add_argument("--dit-lr", type=float, default=None, help="editor peak learning rate")
     p.add_argument("--pool-streams", type=int, default=None)
@@ -414,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dit_batch",
         "dit_lr",
         "pool_streams",
+        "ae_jitter",
+        "dit_blocks",
     ):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))

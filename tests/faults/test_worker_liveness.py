@@ -10,7 +10,6 @@ worker loop in a thread with an editor whose blocks take a known time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import queue
@@ -33,6 +32,7 @@ from server.worker import messages as m
 from server.worker.ipc import FrameSlab
 from server.worker.pool import restart_delay
 from server.worker.process import WorkerLoop
+from tests.polling import poll
 from tests.server.rtc_client import ClientPeer, load_clip
 from tests.server.server_proc import ROOT, ServerProcess, wait_until
 
@@ -45,8 +45,7 @@ LIMIT_S = 3.0  # LIPAR_WORKER_LIVENESS_TIMEOUT_S of the hang test
 # one latent frame (4 frames) per block, on one torch thread (two intra-op threads on cores shared with other
 # processes spin against each other: blocks of 3 s instead of 30 ms were seen). Typical block: 30-50 ms.
 SMALL_TINY = {
-    "stream": ("  height: 256\n  width: 256\n", "  height: 64\n  width: 64\n"),
-    "block": ("latent_frames_per_block: 3", "latent_frames_per_block: 1"),
+    "stream": ("  height: 240\n  width: 416\n", "  height: 64\n  width: 64\n"),
     "bundle": (
         "bundle: weights/demo.safetensors",
         f"bundle: {ROOT / 'lipar_core' / 'weights' / 'demo.safetensors'}",
@@ -67,18 +66,6 @@ def tiny_preset(path: Path, **replace: tuple[str, str]) -> Path:
 @pytest.fixture(scope="module")
 def clip() -> list[np.ndarray]:
     return load_clip(48)
-
-
-async def poll(cond: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Await ``cond()`` until it returns a truthy value or ``timeout`` seconds pass (then fail naming ``what``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def _gone(pid: int) -> bool:

