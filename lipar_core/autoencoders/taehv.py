@@ -97,6 +97,13 @@ class MemBlock(nn.Module):
         return self.act(self.conv(torch.cat([x, past], dim=1)) + self.skip(x))
 
 
+def _cpu_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` ([N, C, H, W]) takes the CPU channels-last path: there a 1x1 convolution is one matrix
+    product over the contiguous channel axis (about 6x faster than oneDNN's 1x1 convolution at 416x240, and no
+    layout copy), and oneDNN's 3x3 convolutions run 1.2-4x faster on channels-last input."""
+    return x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class TPool(nn.Module):
     """Temporal pooling: ``stride`` consecutive frames are stacked along channels and mixed by a 1x1 conv."""
 
@@ -108,7 +115,16 @@ class TPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: [N * stride, C, H, W], frames of one group consecutive. Returns [N, C, H, W]."""
         nt, c, h, w = x.shape
-        return self.conv(x.reshape(nt // self.stride, self.stride * c, h, w))
+        s = self.stride
+        if _cpu_channels_last(x):
+            # [N, H, W, C] in memory: frame k of each group times its slice of the 1x1 weight, summed
+            xv = x.permute(0, 2, 3, 1).reshape(nt // s, s, h * w, c)
+            wk = self.conv.weight.view(-1, s, c)  # [C_out, stride, C]: stacked channel k * C + c
+            y = torch.matmul(xv[:, 0], wk[:, 0].t())
+            for k in range(1, s):
+                y.add_(torch.matmul(xv[:, k], wk[:, k].t()))
+            return y.view(nt // s, h, w, -1).permute(0, 3, 1, 2)  # channels-last [N / stride, C_out, H, W]
+        return self.conv(x.reshape(nt // s, s * c, h, w))
 
 
 class TGrow(nn.Module):
@@ -122,7 +138,12 @@ class TGrow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: [N, C, H, W]. Returns [N * stride, C, H, W] (the stride frames of an input consecutive)."""
         nt, c, h, w = x.shape
-        return self.conv(x).reshape(nt * self.stride, c, h, w)
+        s = self.stride
+        if _cpu_channels_last(x):
+            y = torch.matmul(x.permute(0, 2, 3, 1), self.conv.weight.view(s * c, c).t())  # [N, H, W, s * C]
+            y = y.view(nt, h, w, s, c).permute(0, 3, 1, 2, 4).reshape(nt * s, h, w, c)
+            return y.permute(0, 3, 1, 2)  # channels-last [N * stride, C, H, W]
+        return self.conv(x).reshape(nt * s, c, h, w)
 
 
 def _run_stateful(
@@ -208,7 +229,7 @@ class TAEHVEncoderStream:
             raise ValueError(f"T={t} frames must be a positive multiple of {model.temporal_stride}")
         if h % model.spatial_stride or w % model.spatial_stride:
             raise ValueError(f"resolution {w}x{h} must be a multiple of {model.spatial_stride}")
-        x = frames.to(device=model.device, dtype=model.dtype).reshape(b * t, c, h, w)
+        x = model.layout(frames.to(device=model.device, dtype=model.dtype).reshape(b * t, c, h, w))
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             z = _run_stateful(model.encoder, x, b, self._memory, model.layer_runner(self.trainable))
         return z.view(b, t // model.temporal_stride, *z.shape[1:])
@@ -243,7 +264,7 @@ class TAEHVDecoderStream:
         b, n, c, h, w = latents.shape
         if n == 0:
             raise ValueError("expected at least one latent frame")
-        x = latents.to(device=model.device, dtype=model.dtype).reshape(b * n, c, h, w)
+        x = model.layout(latents.to(device=model.device, dtype=model.dtype).reshape(b * n, c, h, w))
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             y = _run_stateful(model.decoder, x, b, self._memory, model.layer_runner(self.trainable))
         if not self.trainable:  # training sees the raw output: a clamp would stop gradients outside [0, 1]
@@ -321,6 +342,23 @@ class TAEHV(nn.Module):
 
         assert math.prod(_ENCODER_TIME_STRIDES) == self.temporal_stride == math.prod(_DECODER_TIME_STRIDES)
         self._compiled: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = None
+        self.channels_last = False
+
+    def use_channels_last(self, enabled: bool = True) -> None:
+        """Run the streams in channels-last layout (weights converted once; inputs on entry): the fast layout
+        for inference on a CPU (see :func:`_cpu_channels_last`; the encoder and decoder at 416x240 take 105 and
+        71 ms per 4-frame block instead of 147 and 104 on two cores). Results equal the default layout's within
+        float rounding. GPUs keep the default (Inductor picks their layout, :meth:`compile_streams`)."""
+        self.channels_last = enabled
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        with torch.no_grad():
+            for weight in self.parameters():
+                if weight.ndim == 4:  # the convolutions' [C_out, C_in, kH, kW]
+                    weight.data = weight.data.contiguous(memory_format=fmt)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [N, C, H, W] in the layout the streams run in."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def compile_streams(self, enabled: bool = True) -> None:
         """Run inference blocks of every stream through ``torch.compile`` (Inductor; fixed shapes per

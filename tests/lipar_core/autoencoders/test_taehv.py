@@ -324,3 +324,35 @@ def test_compiled_streams_equal_eager() -> None:
             ya, yb = (d(za) for d in decs)
             torch.testing.assert_close(yb, ya, rtol=0, atol=1e-4)
         assert (ya - eager.decode(za)).abs().max() > 1e-3  # the state was carried (the check can fail)
+
+
+def test_cpu_channels_last_path_equals_the_default_layout() -> None:
+    """The CPU fast path (channels-last weights and activations, 1x1 temporal convs as matrix products) computes
+    the same encoder and decoder streams as the default layout, block after block, stream state included."""
+    torch.manual_seed(0)
+    ref = TAEHV(encoder_width=8, decoder_widths=[16, 8, 8, 8]).eval()
+    fast = TAEHV(encoder_width=8, decoder_widths=[16, 8, 8, 8]).eval()
+    fast.load_state_dict(ref.state_dict())
+    fast.use_channels_last()
+    assert fast.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    frames = torch.rand(1, 12, 3, 48, 64)
+    with torch.inference_mode():
+        enc_r, enc_f = ref.encoder_stream(), fast.encoder_stream()
+        dec_r, dec_f = ref.decoder_stream(), fast.decoder_stream()
+        for b in range(3):  # the second and third blocks read the stream state the first one left
+            x = frames[:, 4 * b : 4 * b + 4]
+            zr, zf = enc_r(x), enc_f(x)
+            assert zf.shape == zr.shape == (1, 1, 16, 6, 8)
+            torch.testing.assert_close(zf, zr, atol=1e-5, rtol=1e-4)
+            yr, yf = dec_r(zr), dec_f(zr)
+            assert yf.shape == yr.shape == (1, 4, 3, 48, 64)
+            torch.testing.assert_close(yf, yr, atol=1e-5, rtol=1e-4)
+    # the two temporal layers alone, strides 1 and 2, on channels-last input
+    for stride in (1, 2):
+        pool, grow = TPool(8, stride), TGrow(8, stride)
+        x = torch.rand(4, 8, 6, 10)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(pool(xc), pool(x), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(grow(xc), grow(x), atol=1e-6, rtol=1e-5)
+    fast.use_channels_last(False)
+    assert fast.encoder[0].weight.is_contiguous()
