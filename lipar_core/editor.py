@@ -31,6 +31,7 @@ from lipar_core.protocol import MAX_BLEND_BLOCKS as MAX_BLEND_BLOCKS  # defined 
 from lipar_core.protocol import BlockStats as BlockStats  # the one stats type, re-exported here
 from lipar_core.protocol import Transition as Transition
 from lipar_core.scheduler import make_step_list
+from lipar_core.text.style_encoder import StyleTextEncoder
 from lipar_core.timing import StageHandle, StageTimer
 from lipar_core.video_io import fit_frames
 
@@ -102,8 +103,10 @@ class StreamEditor:
         steps: list[int] | None = None,
         lipar: LiparConfig | None = None,
         cuda_graphs: bool | None = None,
+        pass_unknown: bool = True,
     ) -> None:
         self.models = models
+        self.pass_unknown = pass_unknown
         cfg = models.config
         self.geometry = models.geometry
         self.height = self.geometry.height
@@ -135,6 +138,7 @@ class StreamEditor:
         self._validate_steps(self.steps)
         self.prompt = self._check_prompt(prompt)
         self._text = models.text.encode(self.prompt)
+        self.passing_through = self._passes_through(self.prompt)
         self._text_in_use = self._text
         self._cross: CrossKV = models.dit.text_kv(self._text)
         self._blend: _Blend | None = None
@@ -153,6 +157,12 @@ class StreamEditor:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         return prompt
+
+    def _passes_through(self, prompt: str) -> bool:
+        """Whether ``prompt`` is unknown to a fixed-vocabulary model (one with a :class:`StyleTextEncoder`),
+        whose blocks then return their input unchanged without running the model (``pass_unknown``)."""
+        text = self.models.text
+        return self.pass_unknown and isinstance(text, StyleTextEncoder) and not text.match(prompt).known
 
     def _validate_steps(self, steps: list[int]) -> None:
         n = self.models.scheduler.num_train_timesteps
@@ -229,6 +239,9 @@ class StreamEditor:
             self.prompt = p.prompt
             if p.transition == "cut":
                 p.reset = True
+            was, self.passing_through = self.passing_through, self._passes_through(p.prompt)
+            if was and not self.passing_through:
+                p.reset = True  # the model did not follow the stream while it passed through: start afresh
         if p.reset:
             self._restart()
 
@@ -379,6 +392,8 @@ class StreamEditor:
         :meth:`_finish_block` (stats and counters).
         """
         self._apply_pending()
+        if self.passing_through:
+            return self._pass_through(frames)
         if self.graphs is not None:
             self.graphs.stage.attach(self.cache)  # this stream's cache into the shared graphs' buffers
         timer = StageTimer(self.device)
@@ -390,6 +405,28 @@ class StreamEditor:
             x0, keep = self._denoise(block, cross)
         out, done = self._decode_stage(x0, timer, total)
         stats = self._finish_block(frames, out, keep, block)
+        return BlockTicket(out, stats, timer, done)
+
+    def _pass_through(self, frames: torch.Tensor) -> BlockTicket:
+        """A block of a prompt the model does not know: the input at the model's size, uint8 [T, height, width,
+        3] on the host, with no model work (stats: ``passthrough`` time only, nothing pruned or recomputed)."""
+        timer = StageTimer(self.device)
+        total = timer.start("total")
+        with timer.stage("passthrough"):
+            x = self._to_model_frames(frames)[0]  # [T, 3, H, W] in [0, 1]
+            out = _to_host(x.permute(0, 2, 3, 1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8))
+        timer.stop(total)
+        stats = BlockStats(
+            index=self.block_index,
+            ms={},
+            frames_in=int(frames.shape[0]),
+            frames_out=int(out.shape[0]),
+            prompt=self.prompt,
+        )
+        done = None
+        if out.is_pinned() and self.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
         return BlockTicket(out, stats, timer, done)
 
     def _encode_stage(

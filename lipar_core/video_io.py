@@ -243,3 +243,19 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB image (uint8 [H, W, 3], even H and W not needed) as a PNG file through PyAV (no imaging
+    library needed)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    with av.open(str(path), "w", format="image2") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height = image.shape[1], image.shape[0]
+        stream.pix_fmt = "rgb24"
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)

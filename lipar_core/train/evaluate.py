@@ -10,7 +10,8 @@ structure, and what does LIPAR cost and gain on it?
   (:func:`~lipar_core.train.styles.nearest_style`, computed from the input frames) is the prompted style;
   frames of the first block are included (the first block is what a viewer sees first);
 - structure: the mean edge-map similarity of output and input (:func:`~lipar_core.train.styles.edge_similarity`);
-- unknown prompts: an unknown prompt selects the pass-through edit; its output's PSNR against the input;
+- unknown prompts: the editor passes the input through unchanged (PSNR against the input, inf when exact), and
+  the model's own pass-through edit (``original``, run with ``pass_unknown=False``) is measured too;
 - LIPAR: for naive pruning (recovery ``none``), M-degree only and full recovery, the output PSNR against the
   unpruned output at the streams' natural prune rate, the prune ratio, and ms per block on this machine.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from lipar_core.bench import psnr
 from lipar_core.bundle import bundle_train_config
@@ -36,13 +38,18 @@ from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.train.data import heldout_streams
 from lipar_core.train.demo import to_float_frames
 from lipar_core.train.styles import STYLE_PROMPTS, apply_style, edge_similarity, nearest_style
+from lipar_core.video_io import write_png
 
 log = logging.getLogger(__name__)
 
 
-def run_stream(models: EditorModels, prompt: str, frames: torch.Tensor, lipar: LiparConfig) -> dict[str, Any]:
-    """Edit ``frames`` (uint8 [T, H, W, 3]) as one stream; output frames and per-block stats."""
-    ed = StreamEditor(models, prompt, seed=0, lipar=lipar)
+def run_stream(
+    models: EditorModels, prompt: str, frames: torch.Tensor, lipar: LiparConfig, pass_unknown: bool = True
+) -> dict[str, Any]:
+    """Edit ``frames`` (uint8 [T, H, W, 3]) as one stream; output frames and per-block stats.
+    ``pass_unknown=False``: run the model's own pass-through edit for an unknown prompt (see
+    :class:`~lipar_core.editor.StreamEditor`)."""
+    ed = StreamEditor(models, prompt, seed=0, lipar=lipar, pass_unknown=pass_unknown)
     n = ed.frames_per_block
     outs, ms, prune = [], [], []
     with torch.inference_mode():
@@ -68,8 +75,39 @@ def trained_preset(bundle: Path) -> PresetConfig:
     return cfg.with_overrides(scheduler=sched)
 
 
-def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[str, Any]:
-    """The report described in the module docstring (a JSON-able dict)."""
+def contact_sheet(rows: dict[str, list[torch.Tensor]], scale: int = 2) -> torch.Tensor:
+    """Tiles of frames in a grid, one row per stream, for a look at every edit at once.
+
+    Args:
+        rows: stream name -> its tiles, each uint8 [H, W, 3] of one size (every row the same count).
+        scale: tiles are shrunk by this factor (area averaging).
+    Returns:
+        uint8 [rows * h + gaps, columns * w + gaps, 3] with 4-pixel white gaps between tiles.
+    """
+    gap = 4
+    lines = []
+    for tiles in rows.values():
+        small = [
+            F.avg_pool2d(t.permute(2, 0, 1)[None].float(), scale)[0].round().to(torch.uint8).permute(1, 2, 0)
+            for t in tiles
+        ]
+        white = torch.full((small[0].shape[0], gap, 3), 255, dtype=torch.uint8)
+        line = [x for tile in small for x in (tile, white)][:-1]
+        lines.append(torch.cat(line, dim=1))
+    white_row = torch.full((gap, lines[0].shape[1], 3), 255, dtype=torch.uint8)
+    return torch.cat([x for line in lines for x in (line, white_row)][:-1], dim=0)
+
+
+def evaluate(
+    bundle: Path,
+    blocks: int = 4,
+    paraphrase_index: int = 1,
+    sheet: Path | None = None,
+    lipar_variants: bool = True,
+) -> dict[str, Any]:
+    """The report described in the module docstring (a JSON-able dict). ``sheet``: also write a contact sheet
+    PNG there (:func:`contact_sheet`: per held-out stream, the input, then the output of each style in
+    :data:`STYLE_PROMPTS` order, then the output of an unknown prompt; the last frame of each output)."""
     cfg = trained_preset(bundle)
     models = load_preset(cfg)
     streams = heldout_streams(
@@ -79,11 +117,13 @@ def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[s
     report: dict[str, Any] = {"bundle": str(bundle), "streams": list(streams), "blocks": blocks, "styles": {}}
     correct = total = 0
     edge_scores: list[float] = []
+    tiles: dict[str, list[torch.Tensor]] = {name: [frames[-1]] for name, frames in streams.items()}
     for style, prompts in STYLE_PROMPTS.items():
         prompt = prompts[min(paraphrase_index, len(prompts) - 1)]
         per: dict[str, Any] = {"prompt": prompt}
         for name, frames in streams.items():
             res = run_stream(models, prompt, frames, lipar)
+            tiles[name].append(res["frames"][-1])
             out = to_float_frames(res["frames"], torch.device("cpu"))
             inp = to_float_frames(frames, torch.device("cpu"))
             picks = nearest_style(out, inp)
@@ -102,13 +142,22 @@ def evaluate(bundle: Path, blocks: int = 4, paraphrase_index: int = 1) -> dict[s
     report["edit_accuracy"] = correct / max(total, 1)
     report["edge_similarity_mean"] = sum(edge_scores) / max(len(edge_scores), 1)
     report["edge_similarity_references"] = edge_references(streams)
-    # Unknown prompt: pass-through.
-    unknown = {}
+    # Unknown prompt: the editor passes the input through (exact: inf dB); the model's own pass-through edit
+    # (what a cross-fade from a style to an unknown prompt shows) is measured too and shown in the sheet.
+    unknown, model_edit = {}, {}
     for name, frames in streams.items():
         res = run_stream(models, "a cat riding a bicycle on the moon", frames, lipar)
         unknown[name] = psnr(res["frames"].float(), frames.float(), 255.0)
+        res = run_stream(models, "a cat riding a bicycle on the moon", frames, lipar, pass_unknown=False)
+        tiles[name].append(res["frames"][-1])
+        model_edit[name] = psnr(res["frames"].float(), frames.float(), 255.0)
+    report["model_passthrough_edit_psnr_vs_input_db"] = model_edit
+    if sheet is not None:
+        write_png(sheet, contact_sheet(tiles).numpy())
+        report["contact_sheet"] = str(sheet)
     report["unknown_prompt_psnr_vs_input_db"] = unknown
-    report["lipar"] = lipar_comparison(models, streams, lipar)
+    if lipar_variants:
+        report["lipar"] = lipar_comparison(models, streams, lipar)
     return report
 
 
@@ -167,11 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")
+    p.add_argument("--no-lipar-comparison", action="store_true", help="skip the LIPAR variants (faster)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = evaluate(args.bundle, args.blocks)
+    report = evaluate(args.bundle, args.blocks, sheet=args.sheet, lipar_variants=not args.no_lipar_comparison)
     args.out.write_text(json.dumps(report, indent=1, default=float))
     log.info(
         "edit accuracy %.3f, edge similarity %.3f", report["edit_accuracy"], report["edge_similarity_mean"]

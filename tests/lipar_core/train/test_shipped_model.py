@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lipar_core.bundle import bundle_train_config, bundle_vocabulary
+from lipar_core.editor import StreamEditor
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import bundle_path, get_preset_config, load_preset
@@ -62,3 +63,25 @@ def test_shipped_model_does_the_prompted_edit_and_keeps_structure(
     assert picks.count(style) >= 0.8 * len(picks), picks
     unrelated = edge_references({"a": carphone, "b": carphone.flip(0).roll(37, dims=1)})["unrelated_frames"]
     assert float(edge_similarity(out, inp).mean()) > unrelated + 0.1
+
+
+def test_an_unknown_prompt_passes_the_video_through_unchanged(carphone: torch.Tensor) -> None:
+    """The demo model knows eight edits; any other prompt gives the input back exactly (no model work), and the
+    stream restarts when a known prompt follows (the model did not see the frames it skipped)."""
+    models = load_preset("tiny")
+    ed = StreamEditor(models, "a cat riding a bicycle on the moon")
+    n = ed.frames_per_block
+    out, st = ed.process_block(carphone[:n])
+    assert ed.passing_through and torch.equal(out, carphone[:n])
+    assert "passthrough" in st.ms and "dit" not in st.ms
+    ed.set_prompt("thermal camera", "smooth")
+    out, st = ed.process_block(carphone[n : 2 * n])
+    assert not ed.passing_through and st.index == 0 and "dit" in st.ms, "a fresh stream after pass-through"
+    assert not torch.equal(out, carphone[n : 2 * n])
+    ed.set_prompt("something the demo never learned", "smooth")
+    out, _ = ed.process_block(carphone[:n])
+    assert torch.equal(out, carphone[:n])
+    # the model's own pass-through edit still runs when asked for
+    ed2 = StreamEditor(models, "a cat riding a bicycle on the moon", pass_unknown=False)
+    out2, st2 = ed2.process_block(carphone[:n])
+    assert not ed2.passing_through and "dit" in st2.ms and not torch.equal(out2, carphone[:n])
