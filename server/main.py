@@ -95,6 +95,7 @@ def create_app(
         liveness_timeout_s=settings.worker_liveness_timeout_s,
         max_start_failures=settings.worker_max_start_failures,
         backoff_max_s=settings.worker_restart_backoff_max_s,
+        threads=settings.worker_threads,
     )
     manager = SessionManager(settings, store, pool, metrics)
     limits = ParamLimits.for_preset(settings.config, settings.max_prompt_chars, settings.recording_enabled)

@@ -15,7 +15,7 @@ several nodes in one process) never collide. Exposed at ``GET /metrics``.
 | ``lipar_queue_frames{queue}`` | gauge | frames waiting now: ``inbound`` rings, ``outbound`` send queues |
 | ``lipar_frames_in_total`` | counter | frames received and decoded |
 | ``lipar_frames_out_total`` | counter | edited frames sent |
-| ``lipar_frames_dropped_total{where}`` | counter | frames dropped: ``inbound`` ring overflow, ``outbound`` queue overflow |
+| ``lipar_frames_dropped_total{where}`` | counter | frames dropped: ``inbound`` ring overflow, ``outbound`` queue overflow, ``thinned`` input frames left out evenly because the model is slower than the input |
 | ``lipar_sessions_created_total`` | counter | sessions created on this node |
 | ``lipar_sessions_failed_total{cause}`` | counter | sessions failed: ``worker``, ``rtc``, ``node``, ``model`` |
 | ``lipar_sessions_rejected_total`` | counter | creations refused with 503 (no capacity) |
@@ -155,6 +155,7 @@ class Metrics:
         for where in ("inbound", "outbound"):
             self.frames_dropped.labels(where=where)
             self.queue_frames.labels(queue=where)
+        self.frames_dropped.labels(where="thinned")
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

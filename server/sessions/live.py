@@ -31,7 +31,7 @@ from server.rtc.codecs import Codec
 from server.rtc.inbound import InboundReader
 from server.rtc.outbound import EditedVideoTrack, OutFrame
 from server.rtc.peer import BadOffer, SessionPeer
-from server.rtc.ring import FrameRing, InFrame
+from server.rtc.ring import FrameRing, FrameThinner, InFrame
 from server.sessions.types import CLOSED, CONNECTING, CREATED, FAILED, STREAMING, SessionState
 from server.worker import messages as m
 from server.worker.pool import MAX_INFLIGHT_PER_SESSION, Geometry, WorkerPool
@@ -113,6 +113,7 @@ class LiveSession:
         self.geometry: Geometry = pool.geometry_of(session_id)
         t = self.geometry.frames_per_block
         self.ring = FrameRing(2 * t)
+        self.thinner = FrameThinner(t)
         self.out = self._new_track()
         self.rtc_config, self.codec = rtc_config, codec
         self.peer: SessionPeer | None = None
@@ -208,6 +209,9 @@ class LiveSession:
         self.metrics.frames_in.inc()
         self.rate_in.add(frame.arrived)
         self.last_activity = frame.arrived
+        if not self.thinner.keep(self.rate_in.fps(frame.arrived)):  # the model is slower than the input
+            self.metrics.frames_dropped.labels(where="thinned").inc()
+            return
         dropped = self.ring.push(frame)
         if dropped:
             self.dropped_in += dropped
@@ -240,6 +244,7 @@ class LiveSession:
         self.stage_ms = dict(msg.ms)
         if "total" in msg.ms:
             self.blocks_ms.add(msg.ms["total"], msg.prune_ratio)
+            self.thinner.on_block(msg.ms["total"] / 1000.0)
         self.prune_ratio = msg.prune_ratio
         if msg.mask_grid is not None and msg.mask_bits is not None:
             self.mask = {"grid": list(msg.mask_grid), "bits": base64.b64encode(msg.mask_bits).decode("ascii")}

@@ -368,11 +368,17 @@ def worker_main(
     results: Any,
     log_level: str,
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    threads: int = 0,
 ) -> None:
-    """Entry point of a worker process (``multiprocessing`` spawn target)."""
+    """Entry point of a worker process (``multiprocessing`` spawn target). ``threads`` > 0 sets torch's
+    intra-op threads (one inter-op thread: a worker runs one block at a time)."""
     logging.basicConfig(
         level=log_level, format=f"%(asctime)s worker{index}[{device}] %(levelname)s %(message)s"
     )
+    if threads > 0:
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
+        log.info("worker %d: %d torch thread(s)", index, threads)
     try:
         loop = WorkerLoop(factory_path, config, device, ctrl, results, heartbeat_interval_s)
     except Exception as e:

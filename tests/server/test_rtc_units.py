@@ -18,7 +18,7 @@ from server.rtc.ice import configure_ice
 from server.rtc.inbound import to_model_rgb
 from server.rtc.outbound import EditedVideoTrack, OutFrame
 from server.rtc.peer import BadOffer, SessionPeer
-from server.rtc.ring import FrameRing, InFrame
+from server.rtc.ring import FrameRing, FrameThinner, InFrame
 from tests.server.pacing_sim import FakeClock
 from tests.server.rtc_client import ClipTrack, load_clip
 
@@ -36,6 +36,39 @@ def test_ring_drops_oldest() -> None:
     assert ring.pop_block(5) is None
     assert [f.pts for f in ring.pop_block(3) or []] == [9000, 12000, 15000]
     assert len(ring) == 1
+
+
+def test_thinner_keeps_every_frame_while_the_model_keeps_up() -> None:
+    th = FrameThinner(4)
+    assert all(th.keep(30.0) for _ in range(10)), "before any block: everything"
+    th.on_block(0.1)  # 4 frames in 0.1 s: 40 fps sustained, 36 with headroom, above the 30 fps input
+    assert all(th.keep(30.0) for _ in range(60)) and th.skipped == 0
+
+
+def test_thinner_spreads_the_frames_it_keeps_evenly() -> None:
+    th = FrameThinner(4, headroom=0.9)
+    th.on_block(0.24)  # 16.7 fps sustained: 15 fps aimed at, half of a 30 fps input
+    kept = [i for i in range(300) if th.keep(30.0)]
+    assert abs(len(kept) - 150) <= 1
+    gaps = np.diff(kept)
+    assert set(gaps.tolist()) == {2}, "every other frame, never a run of drops"
+    th2 = FrameThinner(4, headroom=0.9)
+    th2.on_block(0.4)  # 10 fps sustained: 9 of 30 kept, gaps of 3 or 4 input frames
+    gaps2 = np.diff([i for i in range(300) if th2.keep(30.0)])
+    assert set(gaps2.tolist()) <= {3, 4} and abs(300 / (len(gaps2) + 1) - 30 / 9) < 0.1
+
+
+def test_thinner_follows_the_block_time() -> None:
+    th = FrameThinner(4, alpha=0.5)
+    th.on_block(0.4)
+    assert th.share(30.0) == pytest.approx(th.headroom * 10 / 30)
+    for _ in range(20):
+        th.on_block(0.1)  # the model got faster (LIPAR pruning, a session closed): back to every frame
+    assert th.share(30.0) == 1.0
+    th.on_block(0.0)  # a block without a time changes nothing
+    assert th.share(30.0) == 1.0
+    with pytest.raises(ValueError):
+        FrameThinner(0)
 
 
 def test_to_model_rgb_crops_to_aspect() -> None:

@@ -94,3 +94,17 @@ async def test_static_client_and_cors(tmp_path: Path) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app2), base_url="http://t") as c:
         assert (await c.get("/healthz")).status_code == 200
         assert (await c.get("/")).status_code == 404
+
+
+def test_worker_threads_split_the_cores_among_cpu_workers() -> None:
+    from server.worker.pool import auto_threads
+
+    assert auto_threads("cpu", ["cpu"], cores=2) == 2
+    assert auto_threads("cpu", ["cpu", "cpu"], cores=2) == 1
+    assert auto_threads("cpu", ["cpu", "cpu", "cpu"], cores=8) == 2
+    assert auto_threads("cpu", ["cpu", "cpu", "cpu"], cores=2) == 1, "never below one"
+    assert auto_threads("cuda:0", ["cuda:0", "cpu"], cores=16) == 2
+    assert auto_threads("cpu", ["cuda:0", "cpu"], cores=16) == 16
+    assert load_settings(worker_threads=3).worker_threads == 3
+    with pytest.raises(SettingsError, match="LIPAR_WORKER_THREADS"):
+        load_settings(worker_threads=-1)
