@@ -12,7 +12,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from server.rtc.codecs import Codec, prefer_codec
@@ -64,6 +64,25 @@ def _candidate_address_ok(address: str) -> bool:
     return True
 
 
+async def apply_offer(
+    pc: RTCPeerConnection, transceiver: RTCRtpTransceiver, codec: Codec, offer_sdp: str
+) -> None:
+    """Prefer ``codec`` on ``transceiver`` and apply a client's SDP offer to ``pc``.
+
+    Raises:
+        BadOffer: aiortc rejected the offer, or its video m-line did not match the transceiver.
+    """
+    prefer_codec(transceiver, codec)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # aiortc raises ValueError, OperationError, InvalidStateError, ...
+        raise BadOffer(f"cannot apply the SDP offer: {e or type(e).__name__}") from None
+    if transceiver.mid is None:
+        raise BadOffer("the offer's video m-line could not be matched")
+
+
 class SessionPeer:
     """The peer connection of one session."""
 
@@ -94,15 +113,7 @@ class SessionPeer:
         """Apply the offer and return the SDP answer; :class:`BadOffer` when the offer is unusable."""
         check_offer(offer_sdp)
         transceiver = self.pc.addTransceiver(self.out_track, direction="sendrecv")
-        prefer_codec(transceiver, self.codec)
-        try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # aiortc raises ValueError, OperationError, InvalidStateError, ...
-            raise BadOffer(f"cannot apply the SDP offer: {e or type(e).__name__}") from None
-        if transceiver.mid is None:
-            raise BadOffer("the offer's video m-line could not be matched")
+        await apply_offer(self.pc, transceiver, self.codec, offer_sdp)
         remote = transceiver.receiver.track
         if remote is None or transceiver.direction not in ("sendrecv", "recvonly"):
             raise BadOffer("the offer does not send video; offer a sendrecv video transceiver")

@@ -21,12 +21,12 @@ import logging
 from collections.abc import Callable
 
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from server.rtc.codecs import Codec, prefer_codec
+from server.rtc.codecs import Codec
 from server.rtc.outbound import EditedVideoTrack, OutFrame
-from server.rtc.peer import BadOffer, check_offer
+from server.rtc.peer import BadOffer, apply_offer, check_offer
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +164,7 @@ class SessionViewers:
         track = ViewerTrack()
         try:
             transceiver = pc.addTransceiver(track, direction="sendonly")
-            prefer_codec(transceiver, self.codec)
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # aiortc raises ValueError, OperationError, InvalidStateError, ...
-                raise BadOffer(f"cannot apply the SDP offer: {e or type(e).__name__}") from None
-            if transceiver.mid is None:
-                raise BadOffer("the offer's video m-line could not be matched")
+            await apply_offer(pc, transceiver, self.codec, offer_sdp)
             await pc.setLocalDescription(await pc.createAnswer())
             if self.closed:
                 raise SessionEnded(f"session {self.session_id} has ended")

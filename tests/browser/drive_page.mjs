@@ -22,6 +22,7 @@
 // server sends a strict CSP) go into the result.
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { waitFor } from './wait.mjs';
 
 const [url, y4m, outDir, FIRST_PROMPT, SECOND_PROMPT] = process.argv.slice(2);
 const MIN_FRAMES = Number(process.env.MIN_FRAMES || 60);
@@ -36,16 +37,6 @@ const mark = (name, extra = {}) => {
   result.steps[name] = { t_s: (Date.now() - t0) / 1000, ...extra };
 };
 
-async function waitFor(what, timeoutMs, fn, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last && last.done) return last;
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}; last: ${JSON.stringify(last)}`);
-}
 
 async function api(method, route, body) {
   const res = await fetch(`${url}${route}`, {

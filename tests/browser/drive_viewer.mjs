@@ -12,6 +12,7 @@
 // violation and unexpected console error goes into the result.
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { waitFor } from './wait.mjs';
 
 const [url, sessionId, outDir] = process.argv.slice(2);
 const TOKEN = process.env.LIPAR_TEST_TOKEN || '';
@@ -24,16 +25,6 @@ const mark = (name, extra = {}) => {
   result.steps[name] = { t_s: (Date.now() - t0) / 1000, ...extra };
 };
 
-async function waitFor(what, timeoutMs, fn, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last && last.done) return last;
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}; last: ${JSON.stringify(last)}`);
-}
 
 const viewerState = (p) =>
   p.evaluate(() => {

