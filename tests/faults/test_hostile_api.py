@@ -436,7 +436,8 @@ def test_no_token_in_the_access_log(server: ServerProcess) -> None:
         r = anon.get(f"/v1/sessions?token={TOKEN}")
         assert r.status_code == 401  # no query-string auth
         assert anon.get(f"/v1/sessions?access_token={TOKEN}").status_code == 401
-    page = (Path(__file__).resolve().parents[2] / "client_web" / "settings.js").read_text()  # the page's token
+    # the page's token handling lives in settings.js
+    page = (Path(__file__).resolve().parents[2] / "client_web" / "settings.js").read_text()
     assert "location.hash" in page and "sessionStorage.setItem('lipar.token'" in page
 
     def logged() -> str | None:
