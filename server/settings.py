@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     (code ``store_unavailable``)."""
     worker_threads: Annotated[int, Field(ge=0, le=256)] = 0
     """Torch threads per worker process; 0 (default) chooses: on a CPU device the cores split evenly among the
-    CPU workers (at least 1 each, never oversubscribed); on a GPU device 2."""
+    CPU workers (at least 1 each, never oversubscribed); on a GPU device torch's default."""
     worker_start_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 180.0
     worker_liveness_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 15.0
     """A ready worker whose main loop sent no heartbeat for this long is hung: its sessions fail ("worker N on

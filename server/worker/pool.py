@@ -102,7 +102,7 @@ def auto_threads(device: str, devices: list[str], cores: int | None = None) -> i
     never oversubscribe the cores (torch's default gives every process all of them). One worker on two cores
     keeps both: measured on the 2-core dev machine, one `tiny` session at 416x240 received 12.8 fps with two model
     threads against 8.6 with one (the codecs' share of the cores costs less than a halved model). A GPU worker
-    gets two (it launches kernels and copies frames).
+    keeps torch's default (0: not set), the setting every GPU measurement of this project ran with.
 
     Args:
         device: the worker's device (``cpu``, ``cuda:N``).
@@ -110,7 +110,7 @@ def auto_threads(device: str, devices: list[str], cores: int | None = None) -> i
         cores: CPU cores usable by this process (default: its affinity mask).
     """
     if not device.startswith("cpu"):
-        return 2
+        return 0
     n = cores if cores is not None else len(os.sched_getaffinity(0))
     cpu_workers = sum(1 for d in devices if d.startswith("cpu"))
     return max(1, n // max(cpu_workers, 1))

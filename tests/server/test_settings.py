@@ -103,7 +103,7 @@ def test_worker_threads_split_the_cores_among_cpu_workers() -> None:
     assert auto_threads("cpu", ["cpu", "cpu"], cores=2) == 1
     assert auto_threads("cpu", ["cpu", "cpu", "cpu"], cores=8) == 2
     assert auto_threads("cpu", ["cpu", "cpu", "cpu"], cores=2) == 1, "never below one"
-    assert auto_threads("cuda:0", ["cuda:0", "cpu"], cores=16) == 2
+    assert auto_threads("cuda:0", ["cuda:0", "cpu"], cores=16) == 0, "torch's default"
     assert auto_threads("cpu", ["cuda:0", "cpu"], cores=16) == 16
     assert load_settings(worker_threads=3).worker_threads == 3
     with pytest.raises(SettingsError, match="LIPAR_WORKER_THREADS"):
