@@ -21,8 +21,7 @@
 // overlay is sampled (it must never drop to 0 or a dash between the server's blocks). Every step's time, any unexpected browser console error and every Content-Security-Policy violation (the
 // server sends a strict CSP) go into the result.
 import path from 'node:path';
-import { chromium } from 'playwright-core';
-import { waitFor } from './wait.mjs';
+import { launchChromium, waitFor } from './common.mjs';
 
 const [url, y4m, outDir, FIRST_PROMPT, SECOND_PROMPT] = process.argv.slice(2);
 const MIN_FRAMES = Number(process.env.MIN_FRAMES || 60);
@@ -53,25 +52,12 @@ const getSession = (id) => api('GET', `/v1/sessions/${id}`);
 let browser;
 let page;
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    // Playwright gives every launch a fresh temporary profile (no --user-data-dir needed).
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--use-fake-device-for-media-stream',
-      '--use-fake-ui-for-media-stream',
-      `--use-file-for-fake-video-capture=${y4m}`,
-      '--allow-loopback-in-peer-connection',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
+  browser = await launchChromium([
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    `--use-file-for-fake-video-capture=${y4m}`,
+    '--autoplay-policy=no-user-gesture-required',
+  ]);
   result.browser_version = browser.version();
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
   // Every CSP violation of every page (the server's Content-Security-Policy must fit what the page does).
@@ -400,7 +386,8 @@ try {
       note: document.getElementById('share-note').textContent,
       clipboard: await navigator.clipboard.readText().catch((e) => `unreadable: ${e}`),
     }));
-    return { done: r.field !== '', ...r };
+    // the field is filled before the clipboard write resolves; the note comes after it
+    return { done: r.field !== '' && r.note !== '', ...r };
   });
   const expectedLink = `${url}/view/${sid}#token=${TOKEN}`;
   const hideToken = (v) => String(v).replaceAll(TOKEN, '<token>');

@@ -11,8 +11,7 @@
 // once the second closes; (6) the session is deleted: the page says the session has ended. Every Content-Security-Policy
 // violation and unexpected console error goes into the result.
 import path from 'node:path';
-import { chromium } from 'playwright-core';
-import { waitFor } from './wait.mjs';
+import { launchChromium, waitFor } from './common.mjs';
 
 const [url, sessionId, outDir] = process.argv.slice(2);
 const TOKEN = process.env.LIPAR_TEST_TOKEN || '';
@@ -41,24 +40,12 @@ const viewerState = (p) =>
 
 let browser;
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--allow-loopback-in-peer-connection',
-      // A page without camera permission (this one) offers its host candidates as mDNS .local names, which the
-      // server resolves by multicast DNS on a real network; the test's network namespace has only loopback and no
-      // multicast, so the browser offers the loopback address itself here.
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-    ],
-  });
+  browser = await launchChromium([
+    // A page without camera permission (this one) offers its host candidates as mDNS .local names, which the
+    // server resolves by multicast DNS on a real network; the test's network namespace has only loopback and no
+    // multicast, so the browser offers the loopback address itself here.
+    '--disable-features=WebRtcHideLocalIpsWithMdns',
+  ]);
   result.browser_version = browser.version();
   // 1280×720: the size of a typical OBS browser source. No autoplay flag: the page must play muted on its own.
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
