@@ -2,7 +2,7 @@
 // It makes the context (state.js), wires the controls (controls.js) and starts; each concern lives in its
 // own module (client_web/README.md lists them).
 
-import { refreshCameras } from './camera.js';
+import { cameraInfo, refreshCameras } from './camera.js';
 import { wire } from './controls.js';
 import { ui } from './dom.js';
 import { loadModel } from './model.js';
@@ -25,6 +25,7 @@ window.__lipar = {
   session: () => st.session,
   state: () => st.connState,
   model: () => st.model,
+  camera: () => cameraInfo(st),
   recording: () => recordingInfo(st),
   viewerLink: () => viewerLink(app),
   applyPrompt: (p) => {

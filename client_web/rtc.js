@@ -1,9 +1,19 @@
 // Webcam capture and the WebRTC peer connection of one session.
 
-export const CAPTURE = { width: { ideal: 832 }, height: { ideal: 480 }, frameRate: { ideal: 30, max: 30 } };
+// The camera's frame rate when the server has not said what its model sustains (GET /v1/model `input_fps` null,
+// or an older server without it), fps.
+export const DEFAULT_FPS = 30;
 
-export async function openCamera(deviceId) {
-  const video = { ...CAPTURE };
+export const CAPTURE = { width: { ideal: 832 }, height: { ideal: 480 }, frameRate: { ideal: DEFAULT_FPS, max: DEFAULT_FPS } };
+
+/** The capture constraints for `fps` frames per second: a faster camera only makes the server decode frames
+ * that it then drops. */
+export function captureConstraints(fps = DEFAULT_FPS) {
+  return { ...CAPTURE, frameRate: { ideal: fps, max: fps } };
+}
+
+export async function openCamera(deviceId, fps = DEFAULT_FPS) {
+  const video = captureConstraints(fps);
   if (deviceId) video.deviceId = { exact: deviceId };
   const stream = await navigator.mediaDevices.getUserMedia({ video, audio: false });
   for (const track of stream.getVideoTracks()) {

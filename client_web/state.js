@@ -9,6 +9,7 @@ export function createState() {
     // session.js: the session the person wants and its connection
     running: false, // the person wants a live session (Start … Stop)
     stream: null, // the webcam's MediaStream (camera.js opens and closes it)
+    camera: { fps: null, openedFps: null }, // camera.js: the frame rate the camera was asked for (now, at open)
     pc: null, // the RTCPeerConnection of the current session
     session: null, // the session JSON (POST, then each poll merged in)
     offerSeq: 0, // bumped by each connect/teardown: answers of an older attempt are ignored

@@ -71,7 +71,9 @@ export function renderStats(st, srv, cli) {
   ui.s.fps.textContent = fmt.fps(fps);
   ui.s.fps.title =
     `${ABOUT.fps} Now: shown ${fmt.fps(cli && cli.fps)} fps${win} · ` +
-    `server out ${fmt.fps(stats.fps_out)} fps · webcam in ${fmt.fps(stats.fps_in)} fps`;
+    `server out ${fmt.fps(stats.fps_out)} fps · webcam in ${fmt.fps(stats.fps_in)} fps · ` +
+    `camera asked for ${fmt.fps(st.camera.fps)} fps (the server's model sustains ` +
+    `${fmt.fps(st.model && st.model.input_fps)} fps per session)`;
   const lat = stats.latency_ms || {};
   const g2g = smooth(st, 'lat', glassToGlass(lat.p50, cli && cli.rttMs, cli && cli.buffer, stats.fps_in));
   ui.s.lat.textContent = g2g == null ? '–' : `≈${fmt.ms(g2g)}`;

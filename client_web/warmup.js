@@ -14,6 +14,7 @@ const STAGES = {
   loading: 'loading the model',
   compiling: 'compiling',
   capturing: 'capturing CUDA graphs',
+  measuring: 'measuring its frame rate',
 };
 
 const valid = (p) => p && typeof p === 'object' && typeof p.stage === 'string' && p.stage !== 'ready';

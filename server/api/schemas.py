@@ -466,6 +466,14 @@ class ModelInfo(BaseModel):
         "open-vocabulary model (any prompt) or when the vocabulary could not be read"
     )
     ranges: ModelRanges = Field(description="valid (and recommended) values of the session parameters")
+    input_fps: float | None = Field(
+        default=None,
+        description="the camera frame rate to send, fps: the input rate ONE session's blocks sustain on this "
+        "node, measured at each worker's warm-up (pixel frames per block / seconds per block of a few steady "
+        "blocks, times 0.9 headroom, between 5 and 30), the minimum over the workers; null until a worker has "
+        "measured it (warming up). A faster camera only makes the server decode frames it drops; sessions "
+        "sharing a worker each get less.",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -485,9 +493,10 @@ class ErrorResponse(BaseModel):
 class WarmupProgress(BaseModel):
     """How far the workers' start has come (``/readyz``, for everyone: no pids, no errors)."""
 
-    stage: Literal["starting", "loading", "compiling", "capturing", "ready"] = Field(
+    stage: Literal["starting", "loading", "compiling", "capturing", "measuring", "ready"] = Field(
         description="the least advanced worker's stage: starting (process starting), loading (the model), "
-        "compiling (warm-up blocks, GPU), capturing (CUDA graphs, GPU), ready"
+        "compiling (warm-up blocks, GPU), capturing (CUDA graphs, GPU), measuring (timed blocks: the input "
+        "rate, GET /v1/model input_fps), ready"
     )
     done: int = Field(description="steps of that stage done (that worker's)")
     total: int = Field(description="steps of that stage (0: not known yet)")

@@ -2,12 +2,13 @@
 
 ::
 
-    lipar-loadtest URL [--clips DIR] --sessions N --seconds S --fps F --out FILE.json [--token T]
+    lipar-loadtest URL [--clips DIR] --sessions N --seconds S [--fps F|auto] --out FILE.json [--token T]
         [--prompt P] [--prompt-change-at S] [--prompt-change-to P2] [--min-fps X] [--procs K]
         [--warmup S] [--size WxH] [--lipar-json '{"enabled": false}'] [--label TEXT] [--seed N]
         [--ice-host 127.0.0.1] [--stagger S]
 
-The parent process checks the server (``GET /v1/model``, public: reachability and the model's frame size), plans
+The parent process checks the server (``GET /v1/model``, public: reachability, the model's frame size and, for
+``--fps auto``, the default, the input rate one session sustains, ``input_fps``, as the web page reads it), plans
 the sessions, spreads them over K spawned client processes (default ``min(N, cpu count)``: decoding several
 VP8 streams in one Python process would make the client the bottleneck), starts them together (session ``i``
 ``i × --stagger`` s after the start), shows progress (log lines, a tqdm bar on a terminal), gathers each
@@ -36,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -76,6 +77,8 @@ START_DELAY_S = 0.2  #: from "all ready" to the common start, so that every proc
 EXIT_GRACE_S = 5.0  #: client processes exit this long after their last session at most
 PROGRESS_LOG_S = 5.0  #: a progress log line this often
 POLL_QUEUE_S = 0.25  #: the parent's wait on its message queue
+#: ``--fps auto``: the server's ``input_fps`` (GET /v1/model), the rate the web page asks cameras for
+AUTO_FPS: Literal["auto"] = "auto"
 
 
 class UsageError(Exception):
@@ -105,7 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=Path, help="folder of video files; session i sends clip i mod count")
     p.add_argument("--sessions", type=int, required=True, help="client sessions (N)")
     p.add_argument("--seconds", type=float, required=True, help="measured sending time per session (s)")
-    p.add_argument("--fps", type=float, required=True, help="input frame rate of every session (fps)")
+    p.add_argument(
+        "--fps",
+        type=fps_arg,
+        default=AUTO_FPS,
+        metavar="F|auto",
+        help="input frame rate of every session (fps), or 'auto' (the default): the rate the server says one "
+        "session sustains (GET /v1/model input_fps, measured at its warm-up), which the web page asks cameras "
+        "for; a server that reports none (older, or still warming up) is a usage error",
+    )
     p.add_argument("--out", type=Path, required=True, help="JSON report path; the markdown goes beside it")
     p.add_argument("--token", help="bearer token (the server's LIPAR_API_TOKEN)")
     p.add_argument("--prompt", help="session prompt (default: the model's first known prompt)")
@@ -181,6 +192,43 @@ def reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def fps_arg(text: str) -> float | Literal["auto"]:
+    """``--fps``: ``auto`` or a positive number of frames per second."""
+    if text.strip().lower() == AUTO_FPS:
+        return AUTO_FPS
+    try:
+        fps = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected frames per second or '{AUTO_FPS}', got {text!r}"
+        ) from None
+    if not fps > 0 or fps == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+    return fps
+
+
+def resolve_fps(fps: float | str, model: dict[str, Any] | None, url: str) -> tuple[float, str]:
+    """The sessions' input rate (fps) and where it came from: ``--fps`` as given, or for ``auto`` the server's
+    ``input_fps`` (``GET /v1/model``).
+
+    Raises:
+        UsageError: ``auto`` and the server reports no rate (an older server, one still warming up, or no model
+            info), or a non-positive rate.
+    """
+    if fps != AUTO_FPS:
+        value = float(fps)
+        if not value > 0:
+            raise UsageError("--fps must be positive")
+        return value, "--fps"
+    measured = (model or {}).get("input_fps")
+    if isinstance(measured, int | float) and not isinstance(measured, bool) and measured > 0:
+        return float(measured), "GET /v1/model input_fps"
+    raise UsageError(
+        f"--fps auto: {url}/v1/model reports no input_fps (an older server, or one still warming up: wait "
+        "until /readyz answers 200); give --fps F"
+    )
+
+
 def fetch_model(url: str) -> dict[str, Any] | None:
     """``GET /v1/model`` (public). None if the server answers with an error status.
 
@@ -238,6 +286,7 @@ class Settings:
     min_fps: float | None
     token: str | None
     label: str | None
+    fps_source: str = "--fps"  #: where ``fps`` came from: "--fps", or "GET /v1/model input_fps" (--fps auto)
 
     def public(self) -> dict[str, Any]:
         """The settings for the report (no token)."""
@@ -250,7 +299,7 @@ class Settings:
 
 def check_args(args: argparse.Namespace, model: dict[str, Any] | None, url: str) -> Settings:
     """Validate the arguments against each other and the server's model info."""
-    for name in ("sessions", "seconds", "fps"):
+    for name in ("sessions", "seconds"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive")
     if not 0 <= args.warmup < args.seconds:
@@ -282,11 +331,13 @@ def check_args(args: argparse.Namespace, model: dict[str, Any] | None, url: str)
         except SourceError as e:
             raise UsageError(str(e)) from None
     prompt, change_to = default_prompts(model)
+    fps, fps_source = resolve_fps(args.fps, model, url)
     return Settings(
         url=url,
         sessions=args.sessions,
         seconds=args.seconds,
-        fps=args.fps,
+        fps=fps,
+        fps_source=fps_source,
         warmup=args.warmup,
         width=width,
         height=height,
@@ -553,10 +604,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: {e}\n")
         return EXIT_USAGE
     log.info(
-        "%d session(s) × %g s at %g fps, %dx%d, %s, %d client process(es), ICE host %s",
+        "%d session(s) × %g s at %g fps (%s), %dx%d, %s, %d client process(es), ICE host %s",
         st.sessions,
         st.seconds,
         st.fps,
+        st.fps_source,
         st.width,
         st.height,
         f"{len(st.clips)} clip(s)" if st.clips else "synthetic source",

@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import statistics
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from lipar_core.protocol import BlockEditor
+from server.worker.rate import input_rate
 
 if TYPE_CHECKING:
     from lipar_core.editor import StreamEditor
@@ -30,8 +33,20 @@ DEFAULT_FACTORY = "server.worker.editors:LiparEditorFactory"
 Progress = Callable[[str, int, int], None]
 
 
+#: blocks the rate measurement runs: the first is not timed (after a fresh start or a graph capture it pays for
+#: first-touch memory and caches), the others are (:mod:`server.worker.rate`)
+MEASURE_BLOCKS = 5
+#: the prompt of the timed blocks on an open-vocabulary model (a fixed-vocabulary model: its first known prompt)
+MEASURE_PROMPT = "a watercolor painting"
+
+
 class EditorFactory(Protocol):
-    """Loads the model once (in ``__init__(config, device)``) and makes editors that share it."""
+    """Loads the model once (in ``__init__(config, device)``) and makes editors that share it.
+
+    A factory may also set ``input_fps`` (float, fps, or None): the input frame rate one session's blocks
+    sustain, measured at warm-up; the worker reports it in :class:`~server.worker.messages.WorkerReady` (a factory
+    without the attribute reports None).
+    """
 
     frames_per_block: int
     height: int
@@ -43,10 +58,14 @@ class EditorFactory(Protocol):
 
 
 class LiparEditorFactory:
-    """The production factory: ``lipar_core`` presets and ``StreamEditor``."""
+    """The production factory: ``lipar_core`` presets and ``StreamEditor``.
+
+    Before taking sessions it warms up (GPU: :meth:`_warm_up`) and then measures the input rate one session
+    sustains on this device (:meth:`_measure`, every device), ``input_fps`` (fps).
+    """
 
     def __init__(self, config: str, device: str, progress: Progress | None = None) -> None:
-        from lipar_core.presets import get_preset_config, load_preset
+        from lipar_core.presets import get_preset_config, known_prompts, load_preset
 
         self._progress: Progress = progress or (lambda stage, done, total: None)
         self._progress("loading", 0, 1)
@@ -62,6 +81,50 @@ class LiparEditorFactory:
         if self.models.device.type == "cuda":
             self._warm_up(probe)
         del probe
+        vocabulary = known_prompts(preset)  # an unknown prompt would pass the video through: time a known one
+        prompt = next(iter(vocabulary.values()))[0] if vocabulary else MEASURE_PROMPT
+        self.input_fps: float | None = self._measure(self._editor(prompt, 0))
+
+    def _measure(self, editor: StreamEditor, n_blocks: int = MEASURE_BLOCKS) -> float:
+        """The input frame rate one session's blocks sustain here, fps (:func:`server.worker.rate.input_rate`).
+
+        Runs ``n_blocks`` blocks through ``editor``, a fresh session's editor with a prompt the model knows, after
+        any warm-up (so on a GPU through the captured graphs, as sessions run) and times all but the first, wall
+        clock, each ending with its frames on the host as a session's do. The input is what a webcam shows typically: a still half (LIPAR prunes it) and a moving
+        half (new noise in every frame, recomputed). Progress: stage ``measuring``, blocks done of ``n_blocks``.
+        It adds ``n_blocks`` block times to the worker's start."""
+        if editor.passing_through:
+            log.warning("the rate is measured on blocks that pass through (no model work): it is too high")
+        g = torch.Generator().manual_seed(1)
+        shape = (self.frames_per_block, self.height, self.width, 3)
+        still = torch.randint(0, 256, shape[1:], dtype=torch.uint8, generator=g)
+        top = self.height // 2
+        cuda = self.models.device.type == "cuda"
+        seconds: list[float] = []
+        self._progress("measuring", 0, n_blocks)
+        with torch.inference_mode():
+            for i in range(n_blocks):
+                frames = still.expand(shape).clone()
+                frames[:, :top] = torch.randint(
+                    0, 256, (shape[0], top, self.width, 3), dtype=torch.uint8, generator=g
+                )
+                t0 = time.perf_counter()
+                out, _ = editor.process_block(frames)
+                out.cpu()
+                if cuda:
+                    torch.cuda.synchronize(self.models.device)
+                if i > 0:
+                    seconds.append(time.perf_counter() - t0)
+                self._progress("measuring", i + 1, n_blocks)
+        fps = input_rate(self.frames_per_block, seconds)
+        log.info(
+            "measured %s ms per block of %d frames (median): one session sustains %.1f fps; asking cameras for %.1f",
+            [round(1000 * s) for s in seconds],
+            self.frames_per_block,
+            self.frames_per_block / statistics.median(seconds),
+            fps,
+        )
+        return fps
 
     def _warm_up(self, editor: StreamEditor) -> None:
         """Before taking sessions: run a few blocks (compiling the layer functions and the autoencoder,
@@ -69,8 +132,6 @@ class LiparEditorFactory:
         half-moving one), then capture the CUDA graphs of every kept-token bucket and pass kind, which all
         sessions of this worker share (``StreamEditor.prepare_graphs``). So no session ever compiles or captures
         while streaming."""
-        import time
-
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(0)
         shape = (self.frames_per_block, self.height, self.width, 3)

@@ -83,15 +83,17 @@ class Stop:
 # ---- worker → server -------------------------------------------------------------------------------------
 #: The stages of a worker's start, in order: the process is starting (no message yet), the model is being loaded,
 #: the warm-up blocks compile the layer functions and autotune kernels (GPU), the CUDA graphs of every kept-token
-#: bucket are captured (GPU), the worker serves. On the CPU a worker goes from loading to ready.
-WarmupStage = Literal["starting", "loading", "compiling", "capturing", "ready"]
+#: bucket are captured (GPU), a few blocks are timed to measure the input rate one session sustains, the worker
+#: serves. On the CPU a worker goes from loading to measuring to ready.
+WarmupStage = Literal["starting", "loading", "compiling", "capturing", "measuring", "ready"]
 WARMUP_STAGES: tuple[WarmupStage, ...] = get_args(WarmupStage)
 
 
 @dataclass(frozen=True)
 class WorkerProgress:
     """How far the worker's start has come (sent before :class:`WorkerReady`): ``done`` of ``total`` steps of
-    ``stage`` (loading: 0 of 1, then 1 of 1; compiling: warm-up blocks run; capturing: CUDA graphs captured)."""
+    ``stage`` (loading: 0 of 1, then 1 of 1; compiling: warm-up blocks run; capturing: CUDA graphs captured;
+    measuring: timed blocks run)."""
 
     stage: WarmupStage
     done: int
@@ -100,12 +102,17 @@ class WorkerProgress:
 
 @dataclass(frozen=True)
 class WorkerReady:
-    """The model is loaded; ``frames_per_block``, ``height``, ``width`` describe every block of this worker."""
+    """The model is loaded; ``frames_per_block``, ``height``, ``width`` describe every block of this worker.
+
+    ``input_fps``: the input frame rate one session's blocks sustain on this worker, measured at warm-up with
+    headroom (:func:`server.worker.rate.input_rate`), fps; None when its factory does not measure it.
+    """
 
     pid: int
     frames_per_block: int
     height: int
     width: int
+    input_fps: float | None = None
 
 
 @dataclass(frozen=True)

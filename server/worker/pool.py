@@ -63,6 +63,7 @@ from server.worker import messages as m
 from server.worker.editors import DEFAULT_FACTORY
 from server.worker.ipc import FrameSlab
 from server.worker.process import worker_main
+from server.worker.rate import slowest_rate
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ STABLE_S = 60.0
 
 
 #: the part of a worker's start each warm-up stage covers (from, to), for :func:`warmup_fraction`: loading the
-#: model is quick next to the GPU's compiling and graph capture, which take most of a GPU worker's start
+#: model is quick next to the GPU's compiling and graph capture, which take most of a GPU worker's start; the rate
+#: measurement is a few blocks
 _STAGE_SPAN: dict[str, tuple[float, float]] = {
     "starting": (0.0, 0.0),
     "loading": (0.0, 0.3),
     "compiling": (0.3, 0.5),
-    "capturing": (0.5, 1.0),
+    "capturing": (0.5, 0.9),
+    "measuring": (0.9, 1.0),
     "ready": (1.0, 1.0),
 }
 
@@ -162,6 +165,8 @@ class _Worker:
     blocks_per_s: float | None = None  # blocks finished per second, last report
     reader: threading.Thread | None = None
     warmup: m.WorkerProgress = field(default_factory=lambda: m.WorkerProgress("starting", 0, 0))
+    #: input rate one session sustains, measured at this device's latest warm-up (kept across restarts), fps
+    input_fps: float | None = None
 
 
 BlockCallback = Callable[[str, m.BlockDone, np.ndarray], None]
@@ -323,9 +328,18 @@ class WorkerPool:
                 "busy": round(w.busy, 3) if w.busy is not None else None,
                 "blocks_per_s": round(w.blocks_per_s, 2) if w.blocks_per_s is not None else None,
                 "warmup": {"stage": w.warmup.stage, "done": w.warmup.done, "total": w.warmup.total},
+                "input_fps": w.input_fps,
             }
             for w in self.workers
         ]
+
+    @property
+    def input_fps(self) -> float | None:
+        """The input frame rate a camera should send so that one session keeps up on any worker, fps: the
+        minimum over the workers of the rate each measured at its warm-up (:mod:`server.worker.rate`); None until
+        a worker has measured it. A restarted worker keeps its device's previous figure until it measures anew.
+        Event loop thread."""
+        return slowest_rate([w.input_fps for w in self.workers])
 
     def progress(self) -> dict[str, Any]:
         """How far the workers' start has come, for everyone (``/readyz``'s ``progress``; no pids, no errors):
@@ -605,6 +619,8 @@ class WorkerPool:
                     log.warning("worker %d: the previous frame slab is still in use; not unlinked", w.index)
             w.slab = FrameSlab(n_slots, slot_frames, g.height, g.width)
         w.geometry = g
+        if msg.input_fps is not None:
+            w.input_fps = msg.input_fps
         w.free_slots = list(range(n_slots))
         self._send(w, m.AttachSlab(w.slab.name, n_slots, slot_frames))
         w.ready = True
@@ -614,12 +630,13 @@ class WorkerPool:
         w.start_failures = 0
         w.last_error = None
         log.info(
-            "worker %d ready on %s: %d frames per block at %dx%d",
+            "worker %d ready on %s: %d frames per block at %dx%d, input rate %s fps",
             w.index,
             w.device,
             g.frames_per_block,
             g.width,
             g.height,
+            "not measured" if msg.input_fps is None else f"{msg.input_fps:g}",
         )
         self.metrics.workers_up.set(sum(x.ready for x in self.workers))
         if self.ready:

@@ -152,7 +152,8 @@ class WorkerLoop:
     def run(self) -> None:
         """Serve until a :class:`~server.worker.messages.Stop` arrives or the queue breaks."""
         f = self.factory
-        self.results.put(m.WorkerReady(os.getpid(), f.frames_per_block, f.height, f.width))
+        input_fps: float | None = getattr(f, "input_fps", None)  # optional (EditorFactory)
+        self.results.put(m.WorkerReady(os.getpid(), f.frames_per_block, f.height, f.width, input_fps))
         self.load = LoadMeter(self.heartbeat_interval_s)  # the model load is not part of the first interval
         while self.running:
             busy = any(s.pending for s in self.sessions.values())

@@ -355,6 +355,30 @@ def test_ice_hosts_and_size_parsing() -> None:
     assert cli.default_prompts(None) == (cli.DEFAULT_PROMPT, cli.DEFAULT_PROMPT_CHANGE_TO)
 
 
+def test_fps_auto_sends_at_the_rate_the_server_measured() -> None:
+    """``--fps`` defaults to ``auto``: the server's ``input_fps`` (GET /v1/model), as the web page's camera; an explicit
+    rate is kept; ``auto`` against a server without a rate (older, warming up) is a usage error."""
+    url = "http://127.0.0.1:9"
+    common = ["--sessions", "1", "--seconds", "10", "--out", "/nonexistent/x.json"]
+    parser = cli._parser()
+    model = {"width": 64, "height": 64, "prompts": None, "input_fps": 14.4}
+    auto = parser.parse_args([url, *common])
+    assert auto.fps == cli.AUTO_FPS == parser.parse_args([url, *common, "--fps", "AUTO"]).fps
+    st = cli.check_args(auto, model, url)
+    assert (st.fps, st.fps_source) == (14.4, "GET /v1/model input_fps")
+    assert st.public()["fps"] == 14.4 and st.public()["fps_source"] == "GET /v1/model input_fps"
+    explicit = cli.check_args(parser.parse_args([url, *common, "--fps", "12"]), model, url)
+    assert (explicit.fps, explicit.fps_source) == (12.0, "--fps")
+    for unmeasured in ({**model, "input_fps": None}, {"width": 64, "height": 64}, None):
+        with pytest.raises(cli.UsageError, match="reports no input_fps"):
+            cli.check_args(auto, unmeasured, url) if unmeasured else cli.check_args(
+                argparse.Namespace(**{**vars(auto), "size": "64x64"}), unmeasured, url
+            )
+    for bad in ("0", "-3", "fast", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([url, *common, "--fps", bad])
+
+
 def test_usage_errors_and_unreachable_server_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.server.server_proc import free_port
 

@@ -124,6 +124,7 @@ async def test_random_preset_is_open_vocabulary(client_for) -> None:
             "blend_blocks": {"min": 0, "max": 64},
             "prompt_max_chars": 1000,
         },
+        "input_fps": None,  # no worker has measured it (none started here; tests/server/test_input_rate.py)
     }
     assert "/v1/model" in (await api.get("/openapi.json")).json()["paths"]
 

@@ -122,7 +122,8 @@ def test_make_factory_passes_progress_to_factories_that_take_it() -> None:
 def test_fraction_and_the_least_advanced_worker(tmp_path: Path) -> None:
     assert warmup_fraction(m.WorkerProgress("starting", 0, 0)) == 0.0
     assert warmup_fraction(m.WorkerProgress("loading", 1, 1)) == pytest.approx(0.3)
-    assert warmup_fraction(m.WorkerProgress("capturing", 5, 10)) == pytest.approx(0.75)
+    assert warmup_fraction(m.WorkerProgress("capturing", 5, 10)) == pytest.approx(0.7)
+    assert warmup_fraction(m.WorkerProgress("measuring", 1, 2)) == pytest.approx(0.95)
     assert warmup_fraction(m.WorkerProgress("ready", 1, 1)) == 1.0
     steps = [
         m.WorkerProgress(stage, done, total)
@@ -131,6 +132,7 @@ def test_fraction_and_the_least_advanced_worker(tmp_path: Path) -> None:
             ("loading", 1, 1),
             ("compiling", 1, 4),
             ("capturing", 2, 8),
+            ("measuring", 1, 5),
         )
     ]
     fractions = [warmup_fraction(p) for p in steps]
@@ -141,7 +143,7 @@ def test_fraction_and_the_least_advanced_worker(tmp_path: Path) -> None:
     pool = WorkerPool("tiny-random", ["cpu", "cpu"], 1, Metrics())
     pool.workers[0].warmup = m.WorkerProgress("ready", 1, 1)
     pool.workers[1].warmup = m.WorkerProgress("capturing", 3, 12)
-    mean = (1.0 + warmup_fraction(pool.workers[1].warmup)) / 2  # 0.8125: (1 + 0.5 + 0.5 * 3 / 12) / 2
+    mean = (1.0 + warmup_fraction(pool.workers[1].warmup)) / 2  # 0.8: (1 + 0.5 + 0.4 * 3 / 12) / 2
     assert pool.progress() == {"stage": "capturing", "done": 3, "total": 12, "fraction": round(mean, 3)}
     assert [w["warmup"] for w in pool.status()] == [
         {"stage": "ready", "done": 1, "total": 1},

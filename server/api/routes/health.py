@@ -50,8 +50,10 @@ async def readyz(
     ``restarting``, ``failed``: given up after failing to start ``LIPAR_WORKER_MAX_START_FAILURES`` times in a
     row, ``stopped``), ``pid``, ``last_error``, ``heartbeat_age_s``, its load over about the last second:
     ``busy`` (fraction of wall time it was not idle-waiting for work, 0..1) and ``blocks_per_s`` (null until
-    its first report), and ``warmup``: ``{stage, done, total}`` of its start (``starting``, ``loading``,
-    ``compiling`` n of m warm-up blocks and ``capturing`` n of m CUDA graphs on a GPU, ``ready``).
+    its first report), ``warmup``: ``{stage, done, total}`` of its start (``starting``, ``loading``,
+    ``compiling`` n of m warm-up blocks and ``capturing`` n of m CUDA graphs on a GPU, ``measuring`` n of m timed
+    blocks, ``ready``), and ``input_fps``: the input rate one session sustains on it, measured at its warm-up
+    (null before; ``GET /v1/model`` gives everyone the minimum over the workers).
 
     ``progress`` (for everyone): the least advanced worker's warm-up stage with its ``done`` and ``total``, and
     ``fraction``, the workers' start done on average (0..1).

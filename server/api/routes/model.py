@@ -1,7 +1,8 @@
 """Model info v1: ``GET /v1/model``, the preset this node serves, the valid ranges of the session parameters and
 the prompts its model knows; ``POST /v1/model/match``, how the model understands one prompt.
 
-The answer is read once per process (:class:`ModelInfoSource`): the app starts the read in a background thread
+The answer is read once per process (:class:`ModelInfoSource`), except ``input_fps``, which the workers measure at
+their warm-up and the route reads from the pool on every request. The app starts the read in a background thread
 when it starts (for a bundle preset, reading the vocabulary imports :mod:`lipar_core.presets`, a few seconds,
 so the event loop and ``/healthz`` never wait for it) and every request awaits that one result. A bundle that
 is missing or unreadable is logged as a warning and reported as ``prompts: null`` (and a match ``known: null``);
@@ -24,6 +25,7 @@ from fastapi import APIRouter, Depends, Request
 from lipar_core.config import PresetConfig, preset_path
 from lipar_core.geometry import StreamGeometry
 from lipar_core.text.style_encoder import StyleTextEncoder
+from server.api.deps import ManagerDep
 from server.api.schemas import ErrorResponse, ModelInfo, ParamLimits, PromptMatch, PromptQuery
 
 log = logging.getLogger("server.model")
@@ -169,11 +171,13 @@ router = APIRouter(prefix="/v1/model", tags=["model"])
 
 
 @router.get("", response_model=ModelInfo)
-async def model_info(source: ModelInfoDep) -> ModelInfo:
+async def model_info(source: ModelInfoDep, manager: ManagerDep) -> ModelInfo:
     """The preset this node serves: description, frame size, pixel frames per block, the valid ranges of the
-    session parameters (``ranges``), and the prompts its model knows (edit name -> prompts, canonical first) or null
-    for an open-vocabulary model."""
-    return await source.get()
+    session parameters (``ranges``), the prompts its model knows (edit name -> prompts, canonical first) or null
+    for an open-vocabulary model, and ``input_fps``, the camera rate one session sustains (measured at the workers'
+    warm-up; null before)."""
+    info = await source.get()
+    return info.model_copy(update={"input_fps": manager.pool.input_fps})
 
 
 @router.post(
