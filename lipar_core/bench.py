@@ -389,6 +389,7 @@ def markdown(results: dict[str, Any]) -> str:
                 ("cuda_graphs", "CUDA graphs"),
                 ("compile_layers", "compiled layers"),
                 ("compile_autoencoder", "compiled autoencoder"),
+                ("compile_mask", "compiled mask"),
                 ("fp8", "FP8 linear layers"),
             )
         )
@@ -470,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-compile-autoencoder", action="store_true", help="the tiny autoencoder eager (no torch.compile)"
     )
     p.add_argument(
+        "--no-compile-mask", action="store_true", help="the LIPAR mask's graph eager (no torch.compile)"
+    )
+    p.add_argument(
         "--fp8",
         nargs="?",
         const="row",
@@ -500,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime["compile_layers"] = False
     if args.no_compile_autoencoder:
         runtime["compile_autoencoder"] = False
+    if args.no_compile_mask:
+        runtime["compile_mask"] = False
     if args.fp8:
         runtime["fp8"] = True
         runtime["fp8_scales"] = args.fp8
@@ -524,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cuda_graphs": cfg.runtime.cuda_graphs and args.device.startswith("cuda"),
         "compile_layers": cfg.runtime.compile_layers and args.device.startswith("cuda"),
         "compile_autoencoder": cfg.runtime.compile_autoencoder and args.device.startswith("cuda"),
+        "compile_mask": cfg.runtime.compile_mask and args.device.startswith("cuda"),
         "fp8": cfg.runtime.fp8 and cfg.runtime.fp8_scales,
     }
     args.out.write_text(json.dumps(res, indent=2))

@@ -215,6 +215,12 @@ class RuntimeConfig(_Strict):
         description="on CUDA, run the tiny autoencoder's blocks through torch.compile (Inductor picks the "
         "convolutions' memory layout and fuses the work between them; compiles during the first blocks)",
     )
+    compile_mask: bool = Field(
+        default=True,
+        description="on CUDA, capture the LIPAR mask's CUDA graph from a torch.compile'd mask (a few fused "
+        "kernels instead of about a hundred small ones; compiles at a stream's second block, which servers "
+        "reach in their warm-up)",
+    )
     fp8: bool = Field(
         default=False,
         description="on CUDA GPUs with FP8 tensor cores, run the transformer blocks' per-token linear layers in "

@@ -129,7 +129,9 @@ class StreamEditor:
         self.graphs: GraphedDiT | None = (
             models.graph_runner(self.cache) if use_graphs and self.device.type == "cuda" else None
         )
-        self.masker = PruneMasker(self.lipar, self.geometry)
+        self.masker = PruneMasker(
+            self.lipar, self.geometry, compile=cfg.runtime.compile_mask and self.device.type == "cuda"
+        )
         self.restoration = RestorationBuffer((self.geometry.patch[1], self.geometry.patch[2]))
         self.encoder = models.autoencoder.encoder_stream()
         self.decoder = models.autoencoder.decoder_stream()
@@ -578,14 +580,16 @@ class StreamEditor:
             if not self.lipar.enabled:
                 return _EncodedBlock(x_in, lat)
             ext = mask.to(self.device) if mask is not None else None
-            keep_grid = self.masker(
+            made = self.masker.block(
                 lat,
                 pixels=x_in if self.lipar.mask_source == "pixel" else None,
                 external=ext,
                 force_full=self.block_index == 0,
             )
+            keep_grid = made.keep
             mask_host = _to_host(keep_grid[0])  # for the stats; read in result()
-            pending = KeepSet.begin(keep_grid, self.lipar.bucket)  # the count travels to the host
+            # the count travels to the host; the kept order was computed with the mask
+            pending = KeepSet.begin(keep_grid, self.lipar.bucket, (made.n_kept, made.order))
         return _EncodedBlock(x_in, lat, keep_grid, mask_host, pending)
 
     def _encode(self, frames: torch.Tensor, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,12 +42,16 @@ persisted for two frames.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
+from lipar_core.lipar.prune import kept_order
 
 
 def patch_vectors(x: torch.Tensor, patch_hw: tuple[int, int]) -> torch.Tensor:
@@ -264,25 +268,242 @@ to the floor: on real clips (carphone, bigbuckbunny, bikes at 256x256 and 832x48
 tokens where this margin keeps 69-93 % (the paper's criterion alone: 42-89 %)."""
 
 
+@dataclass(frozen=True)
+class MaskParams:
+    """The constants of one stream's mask computation (:func:`mask_block`); a compiled mask specialises on them.
+
+    Attributes:
+        pixel: the ``pixel`` source (else ``latent``).
+        stride: pixel frames per latent frame (the autoencoder's temporal stride).
+        token: a token's size in the compared tensor's H and W (pixels, or latent values).
+        patch: the DiT patch (latent values per token side), for the latent source's trimmed distance.
+        tau: the source's short-term threshold.
+        tau2: the source's drift threshold (already scaled for the pixel source), or None.
+        dilation: radius of the forward-causal dilation.
+        min_keep_ratio: see :class:`LiparConfig`, or None.
+        floor: the source's hard floor, or None.
+    """
+
+    pixel: bool
+    stride: int
+    token: tuple[int, int]
+    patch: tuple[int, int]
+    tau: float
+    tau2: float | None
+    dilation: int
+    min_keep_ratio: float | None
+    floor: float | None
+
+    @classmethod
+    def of(cls, config: LiparConfig, geometry: StreamGeometry) -> MaskParams:
+        """The parameters of ``config``'s latent or pixel source on ``geometry``."""
+        pixel = config.mask_source == "pixel"
+        patch = (geometry.patch[1], geometry.patch[2])
+        token = (geometry.vae_stride[1] * patch[0], geometry.vae_stride[2] * patch[1]) if pixel else patch
+        tau2 = config.tau2
+        if tau2 is not None and pixel and config.tau > 0:
+            tau2 = tau2 * config.tau_pixel / config.tau  # the same strictness relative to tau
+        return cls(
+            pixel=pixel,
+            stride=geometry.vae_stride[0],
+            token=token,
+            patch=patch,
+            tau=config.tau_pixel if pixel else config.tau,
+            tau2=tau2,
+            dilation=config.dilation,
+            min_keep_ratio=config.min_keep_ratio,
+            floor=config.floor_pixel if pixel else config.floor,
+        )
+
+
+class MaskHistory(NamedTuple):
+    """What a stream's mask carries from one block to the next (all None at a stream's start).
+
+    Attributes:
+        d: [B, 2, gh, gw] raw distances of the last 2 frames.
+        g: [B, 1, gh, gw] median-filtered distance of the last frame.
+        k: [B, 2, gh, gw] thresholded masks of the last 2 frames (float {0, 1}).
+        o: [B, 1, gh, gw] opened/closed mask of the last frame.
+        last: [B, 1, C, h, w] the last input frame (latent, or the last pixel frame).
+        ref: [B, 1, C, h, w] the drift reference: per token, the input its output was last computed from.
+    """
+
+    d: torch.Tensor | None = None
+    g: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    o: torch.Tensor | None = None
+    last: torch.Tensor | None = None
+    ref: torch.Tensor | None = None
+
+
+class MaskOutput(NamedTuple):
+    """One block's mask and its kept-token order (:func:`~lipar_core.lipar.prune.kept_order`), on the device.
+
+    Attributes:
+        keep: [B, F, gh, gw] bool.
+        n_kept: int64 [] kept tokens of ``keep[0]``.
+        order: [F * gh * gw] int64 kept indices of ``keep[0]`` first (ascending), the rest repeating the last.
+    """
+
+    keep: torch.Tensor
+    n_kept: torch.Tensor
+    order: torch.Tensor
+
+
+def _dist(a: torch.Tensor, b: torch.Tensor, p: MaskParams) -> torch.Tensor:
+    """Per-token distance [B, F, gh, gw] of two [B, F, C, H, W] tensors: the trimmed L1 of latents, or the mean
+    absolute pixel difference over the token's patch and channels."""
+    if not p.pixel:
+        return trimmed_l1(a, b, p.patch)
+    d = (a - b).abs().mean(dim=2)
+    n, t, h, w = d.shape
+    return F.avg_pool2d(d.reshape(n * t, 1, h, w), p.token).reshape(n, t, h // p.token[0], w // p.token[1])
+
+
+def _distances(cur: torch.Tensor, last: torch.Tensor | None, p: MaskParams) -> torch.Tensor:
+    """Raw per-token distance of each frame to its predecessor: [B, F, gh, gw]."""
+    if last is not None:
+        return _dist(cur, torch.cat([last, cur[:, :-1]], dim=1), p)
+    if cur.shape[1] == 1:
+        b, _f, _c, h, w = cur.shape
+        return cur.new_zeros(b, 1, h // p.token[0], w // p.token[1])
+    d = _dist(cur[:, 1:], cur[:, :-1], p)
+    return torch.cat([d[:, :1], d], dim=1)  # stream start: frame 0 takes its successor's distance
+
+
+def _floor_changed(
+    src: torch.Tensor, cur: torch.Tensor, h: MaskHistory, p: MaskParams
+) -> torch.Tensor | None:
+    """The hard floor: tokens whose input changed clearly, with their margin (:data:`FLOOR_MARGIN`),
+    [B, F, gh, gw] float {0, 1}, or None when it is off.
+
+    Latent source: the latent frame against its predecessor and against the drift reference. Pixel source:
+    every pixel frame of each latent frame's group (``src`` [B, F * stride, 3, H, W]) against the previous
+    group's last frame, and the group's last frame against the drift reference.
+    """
+    if p.floor is None:
+        return None
+    tok = p.token
+    first = h.last if h.last is not None else cur[:, :1]  # stream start: no change before it
+    if p.pixel:
+        cells = cell_means(src, tok)  # every pixel frame pooled once, the groups' last frames reused below
+        peak = group_peak_of_cells(cells, cell_means(first, tok), p.stride, tok)
+        if h.ref is not None:
+            ref_change = cells[:, p.stride - 1 :: p.stride] - cell_means(h.ref, tok)
+            peak = torch.maximum(peak, peak_of_cells(ref_change, tok))
+    else:
+        peak = peak_change(cur, torch.cat([first, cur[:, :-1]], dim=1), tok)
+        if h.ref is not None:
+            peak = torch.maximum(peak, peak_change(cur, h.ref, tok))
+    return dilate((peak > p.floor).float(), FLOOR_MARGIN)
+
+
+def mask_block(
+    src: torch.Tensor, h: MaskHistory, p: MaskParams, gauss: torch.Tensor, force_full: bool = False
+) -> tuple[MaskOutput, MaskHistory]:
+    """One block's keep mask and the history after it: a pure function (it never writes ``h``), torch ops only,
+    no host synchronisation (the branches depend on ``p`` and on which history exists, never on data), so it can
+    be compiled (``torch.compile``) and captured in a CUDA graph.
+
+    Args:
+        src: the block's latents [B, F, C, h, w], or for the pixel source its pixel frames
+            [B, F * stride, 3, H, W] in [0, 1] (the filters compare the last frame of each group), float32.
+        h: the history before the block.
+        p: the source's constants.
+        gauss: :func:`gaussian_causal_kernel` on ``src``'s device.
+        force_full: keep everything (the history still advances).
+    Returns:
+        (the mask and the kept order of its first stream, the history after the block).
+    """
+    cur = src[:, p.stride - 1 :: p.stride] if p.pixel else src
+    f = cur.shape[1]
+    d = _distances(cur, h.last, p)  # [B, F, gh, gw]
+    d_hist = h.d if h.d is not None else d[:, :1].expand(-1, 2, -1, -1)
+    med = causal_window3(torch.cat([d_hist, d], dim=1), f).median(dim=-1).values
+    g_hist = h.g if h.g is not None else med[:, :1]
+    seq = _pad_hw(torch.cat([g_hist, med], dim=1), 1)  # [B, F + 1, gh + 2, gw + 2]
+    g = F.conv3d(seq.unsqueeze(1), gauss[None, None]).squeeze(1)  # [B, F, gh, gw]
+    keep = g > p.tau
+    if p.tau2 is not None and h.ref is not None:
+        keep = keep | (_dist(cur, h.ref.expand_as(cur), p) > p.tau2)
+    kf = keep.float()
+    k_hist = h.k if h.k is not None else kf[:, :1].expand(-1, 2, -1, -1)
+    maj = (causal_window3(torch.cat([k_hist, kf], dim=1), f).sum(dim=-1) >= 14).float()
+    oc = open_close(maj)
+    o_hist = h.o if h.o is not None else oc[:, :1]
+    r = p.dilation
+    dil = torch.maximum(dilate(oc, r), dilate(torch.cat([o_hist, oc[:, :-1]], dim=1), r))
+    if p.min_keep_ratio:
+        dil = enforce_min_ratio(dil, p.min_keep_ratio)
+    changed = _floor_changed(src, cur, h, p)
+    if changed is not None:  # the floor overrides whatever the filters made of the neighbourhood
+        dil = torch.maximum(dil, changed)
+    out = dil > 0.5
+    if force_full:
+        out = torch.ones_like(out)
+    # The drift reference takes, per token, the input the output was last computed from.
+    ref = latest_kept(cur, out, p.token, cur[:, :1] if h.ref is None else h.ref)
+    count, order = kept_order(out[0].reshape(-1))
+    new = MaskHistory(
+        d=torch.cat([d_hist, d], dim=1)[:, -2:].contiguous(),
+        g=med[:, -1:].contiguous(),
+        k=torch.cat([k_hist, kf], dim=1)[:, -2:].contiguous(),
+        o=oc[:, -1:].contiguous(),
+        last=cur[:, -1:].clone(),
+        ref=ref.clone(),
+    )
+    return MaskOutput(out, count, order), new
+
+
+_compiled_mask_block: Callable[..., tuple[MaskOutput, MaskHistory]] | None = None
+
+
+def compiled_mask_block() -> Callable[..., tuple[MaskOutput, MaskHistory]]:
+    """:func:`mask_block` through ``torch.compile`` (Inductor; one process-wide function, so streams of the same
+    settings and shapes share its compiled graphs): the ~100 small kernels of the eager mask, each reading and
+    writing full-resolution intermediates for the pixel source, become a few fused ones. Fixed shapes; the
+    recompile limit is raised so that a process holding several settings (a bench) keeps compiled graphs."""
+    global _compiled_mask_block
+    if _compiled_mask_block is None:
+        dyn = torch._dynamo.config
+        dyn.cache_size_limit = max(dyn.cache_size_limit, 64)
+        _compiled_mask_block = torch.compile(mask_block, fullgraph=True, dynamic=False)
+    return _compiled_mask_block
+
+
 class PruneMasker:
     """Per-stream mask state and computation (one per :class:`~lipar_core.editor.StreamEditor`).
+
+    Steady-state blocks on CUDA replay a CUDA graph of :func:`mask_block` (compiled first with ``compile``);
+    other blocks (a stream's first, the CPU) run it eagerly.
 
     Args:
         config: LIPAR settings.
         geometry: stream geometry (patch, token grid, strides).
+        use_cuda_graph: replay steady-state blocks from a CUDA graph on CUDA.
+        compile: on CUDA, capture the graph of the compiled :func:`mask_block` (:func:`compiled_mask_block`);
+            compilation happens at the first steady block.
     """
 
-    def __init__(self, config: LiparConfig, geometry: StreamGeometry, use_cuda_graph: bool = True) -> None:
+    def __init__(
+        self,
+        config: LiparConfig,
+        geometry: StreamGeometry,
+        use_cuda_graph: bool = True,
+        compile: bool = False,
+    ) -> None:
         self.config = config
         self.geometry = geometry
         self.patch_hw = (geometry.patch[1], geometry.patch[2])
+        self.params = MaskParams.of(config, geometry)
         self.use_cuda_graph = use_cuda_graph
+        self.compile = compile
         self._gauss: dict[torch.device, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
         self._src_static: torch.Tensor | None = None  # the graph's input (latents or pixel frames)
-        self._out_static: torch.Tensor | None = None
-        self._spare: PruneMasker._State | None = None
-        self._last: torch.Tensor | None = None
+        self._out_static: MaskOutput | None = None
+        self._spare: MaskHistory | None = None
+        self._hist = MaskHistory()
         self.reset()
 
     def reset(self) -> None:
@@ -291,45 +512,15 @@ class PruneMasker:
         The history buffers and the CUDA graph that reads and writes them are kept: the next stream's first
         block copies its history into them, so the graph is not captured again (a capture synchronises the
         device and costs milliseconds: once per stream start, it used to cost every stream's second block)."""
-        if self._last is not None:
-            self._spare = self._state_buffers()
-        self._last = None  # [B, 1, C, h, w] last input latent (or pixel frame)
-        self._d_hist: torch.Tensor | None = None  # [B, 2, gh, gw] raw distances of the last 2 frames
-        self._g_hist: torch.Tensor | None = None  # [B, 1, gh, gw] median-filtered distance of the last frame
-        self._k_hist: torch.Tensor | None = None  # [B, 2, gh, gw] thresholded masks of the last 2 frames
-        self._o_hist: torch.Tensor | None = None  # [B, 1, gh, gw] opened/closed mask of the last frame
-        self._ref: torch.Tensor | None = None  # [B, 1, C, h, w] drift reference latent
+        if self._hist.last is not None:
+            self._spare = self._hist
+        self._hist = MaskHistory()
 
-    def _token_size(self, pixel: bool) -> tuple[int, int]:
-        """Size of one token in the compared tensor (latent cells, or pixels for the pixel source)."""
-        if pixel:
-            return (
-                self.geometry.vae_stride[1] * self.patch_hw[0],
-                self.geometry.vae_stride[2] * self.patch_hw[1],
-            )
-        return self.patch_hw
-
-    def _dist(self, a: torch.Tensor, b: torch.Tensor, pixel: bool) -> torch.Tensor:
-        """Per-token distance [B, F, gh, gw] of two [B, F, C, H, W] tensors."""
-        if not pixel:
-            return trimmed_l1(a, b, self.patch_hw)
-        k = self._token_size(True)
-        d = (a.float() - b.float()).abs().mean(dim=2)
-        n, t, h, w = d.shape
-        return F.avg_pool2d(d.reshape(n * t, 1, h, w), k).reshape(n, t, h // k[0], w // k[1])
-
-    def _distances(self, cur: torch.Tensor, pixel: bool) -> torch.Tensor:
-        """Raw per-token distance of each frame to its predecessor: [B, F, gh, gw]."""
-        if self._last is not None:
-            return self._dist(cur, torch.cat([self._last, cur[:, :-1]], dim=1), pixel)
-        if cur.shape[1] == 1:
-            return self._grid_zeros(cur)
-        d = self._dist(cur[:, 1:], cur[:, :-1], pixel)
-        return torch.cat([d[:, :1], d], dim=1)  # stream start: frame 0 takes its successor's distance
-
-    def _grid_zeros(self, cur: torch.Tensor) -> torch.Tensor:
-        gh, gw = self.geometry.token_grid
-        return torch.zeros(cur.shape[0], cur.shape[1], gh, gw, device=cur.device)
+    def _gauss_on(self, device: torch.device) -> torch.Tensor:
+        gk = self._gauss.get(device)
+        if gk is None:  # built once per device: no host-to-device copy per block (nor inside a CUDA graph)
+            gk = self._gauss[device] = gaussian_causal_kernel(1.5, device)
+        return gk
 
     @torch.no_grad()
     def __call__(
@@ -339,7 +530,18 @@ class PruneMasker:
         external: torch.Tensor | None = None,
         force_full: bool = False,
     ) -> torch.Tensor:
-        """The keep mask of the next block; updates the history.
+        """The keep mask [B, F, gh, gw] bool of the next block (:meth:`block`'s ``keep``); updates the history."""
+        return self.block(latents, pixels, external, force_full).keep
+
+    @torch.no_grad()
+    def block(
+        self,
+        latents: torch.Tensor,
+        pixels: torch.Tensor | None = None,
+        external: torch.Tensor | None = None,
+        force_full: bool = False,
+    ) -> MaskOutput:
+        """The next block's mask and its kept order; updates the history.
 
         Args:
             latents: clean input latents [B, F, C, h, w] of the block.
@@ -347,141 +549,71 @@ class PruneMasker:
             external: a supplied mask [B, T, H, W] or [T, H, W] (``external`` source only), nonzero = changed.
             force_full: keep everything (the first block of a stream or after a cut); history still updates.
         Returns:
-            keep [B, F, gh, gw] bool.
+            :class:`MaskOutput` (tensors of the caller's: later blocks never overwrite them).
         """
         cfg = self.config
         if cfg.mask_source == "external":
-            if force_full:
-                return self._grid_zeros(latents) == 0
-            return self._external(external, latents)
-        pixel = cfg.mask_source == "pixel"
-        if pixel:
+            keep = self._grid_ones(latents) if force_full else self._external(external, latents)
+            return MaskOutput(keep, *kept_order(keep[0].reshape(-1)))
+        if self.params.pixel:
             if pixels is None:
                 raise ValueError("mask_source 'pixel' needs the block's pixel frames")
             src = pixels.float()
         else:
             src = latents.float()
-        steady = self._ref is not None and self._d_hist is not None and not force_full
+        steady = self._hist.ref is not None and not force_full
         if steady and src.is_cuda and self.use_cuda_graph:
-            return self._replay(src, pixel)
-        out, state = self._compute(src, pixel, force_full)
+            return self._replay(src)
+        out, state = mask_block(src, self._hist, self.params, self._gauss_on(src.device), force_full)
         spare, self._spare = self._spare, None
         if spare is not None and all(
-            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+            a is not None and b is not None and (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device)
             for a, b in zip(spare, state, strict=True)
         ):
-            for dst, s in zip(spare, state, strict=True):
-                dst.copy_(s)
+            for dst, new in zip(spare, state, strict=True):
+                assert dst is not None and new is not None
+                dst.copy_(new)
             state = spare  # same tensors as before the reset: a captured graph stays valid
         else:
             self._graph = None  # the state tensors changed identity: recapture on the next steady call
-        self._d_hist, self._g_hist, self._k_hist, self._o_hist, self._last, self._ref = state
+        self._hist = state
         return out
 
-    _State = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-    def _changed(self, src: torch.Tensor, cur: torch.Tensor, pixel: bool) -> torch.Tensor | None:
-        """The hard floor: tokens whose input changed clearly, with their margin (:data:`FLOOR_MARGIN`),
-        [B, F, gh, gw] bool, or None when it is off.
-
-        Latent source: the latent frame against its predecessor and against the drift reference. Pixel source:
-        every pixel frame of each latent frame's group (``src`` [B, F * stride, 3, H, W]) against the previous
-        group's last frame, and the group's last frame against the drift reference. Torch ops only (the
-        branches depend on settings and on whether a history exists, never on data): capturable in a graph.
-        """
-        level = self.config.floor_pixel if pixel else self.config.floor
-        if level is None:
-            return None
-        tok = self._token_size(pixel)
-        first = self._last if self._last is not None else cur[:, :1]  # stream start: no change before it
-        if pixel:
-            stride = self.geometry.vae_stride[0]
-            cells = cell_means(
-                src, tok
-            )  # every pixel frame pooled once, the groups' last frames reused below
-            peak = group_peak_of_cells(cells, cell_means(first, tok), stride, tok)
-            if self._ref is not None:
-                ref_change = cells[:, stride - 1 :: stride] - cell_means(self._ref, tok)
-                peak = torch.maximum(peak, peak_of_cells(ref_change, tok))
-        else:
-            peak = peak_change(cur, torch.cat([first, cur[:, :-1]], dim=1), tok)
-            if self._ref is not None:
-                peak = torch.maximum(peak, peak_change(cur, self._ref, tok))
-        return dilate((peak > level).float(), FLOOR_MARGIN) > 0.5
-
-    def _compute(self, src: torch.Tensor, pixel: bool, force_full: bool) -> tuple[torch.Tensor, _State]:
-        """One block: (keep [B, F, gh, gw] bool, new history). Reads the history, never writes it.
-
-        ``src``: the block's latents [B, F, C, h, w], or for the pixel source its pixel frames
-        [B, F * stride, 3, H, W] in [0, 1] (the filters compare the last frame of each group), float32.
-        """
-        cfg = self.config
-        cur = src[:, self.geometry.vae_stride[0] - 1 :: self.geometry.vae_stride[0]] if pixel else src
-        f = cur.shape[1]
-        d = self._distances(cur, pixel)  # [B, F, gh, gw]
-        d_hist = self._d_hist if self._d_hist is not None else d[:, :1].expand(-1, 2, -1, -1)
-        med = causal_window3(torch.cat([d_hist, d], dim=1), f).median(dim=-1).values
-        g_hist = self._g_hist if self._g_hist is not None else med[:, :1]
-        gk = self._gauss.get(cur.device)
-        if gk is None:  # built once per device: no host-to-device copy per block (nor inside a CUDA graph)
-            gk = self._gauss[cur.device] = gaussian_causal_kernel(1.5, cur.device)
-        seq = _pad_hw(torch.cat([g_hist, med], dim=1), 1)  # [B, F + 1, gh + 2, gw + 2]
-        g = F.conv3d(seq.unsqueeze(1), gk[None, None]).squeeze(1)  # [B, F, gh, gw]
-        tau = cfg.tau_pixel if pixel else cfg.tau
-        keep = g > tau
-        if cfg.tau2 is not None and self._ref is not None:
-            tau2 = cfg.tau2 * cfg.tau_pixel / cfg.tau if pixel and cfg.tau > 0 else cfg.tau2
-            keep = keep | (self._dist(cur, self._ref.expand_as(cur), pixel) > tau2)
-        kf = keep.float()
-        k_hist = self._k_hist if self._k_hist is not None else kf[:, :1].expand(-1, 2, -1, -1)
-        maj = (causal_window3(torch.cat([k_hist, kf], dim=1), f).sum(dim=-1) >= 14).float()
-        oc = open_close(maj)
-        o_hist = self._o_hist if self._o_hist is not None else oc[:, :1]
-        r = cfg.dilation
-        dil = torch.maximum(dilate(oc, r), dilate(torch.cat([o_hist, oc[:, :-1]], dim=1), r))
-        if cfg.min_keep_ratio:
-            dil = enforce_min_ratio(dil, cfg.min_keep_ratio)
-        changed = self._changed(src, cur, pixel)
-        if changed is not None:  # the floor overrides whatever the filters made of the neighbourhood
-            dil = torch.maximum(dil, changed.float())
-        out = dil > 0.5
-        if force_full:
-            out = torch.ones_like(out)
-        # The drift reference takes, per token, the input the output was last computed from.
-        ref = latest_kept(cur, out, self._token_size(pixel), cur[:, :1] if self._ref is None else self._ref)
-        state = (
-            torch.cat([d_hist, d], dim=1)[:, -2:].contiguous(),
-            med[:, -1:].contiguous(),
-            torch.cat([k_hist, kf], dim=1)[:, -2:].contiguous(),
-            oc[:, -1:].contiguous(),
-            cur[:, -1:].clone(),
-            ref.clone(),
-        )
-        return out, state
-
-    def _replay(self, src: torch.Tensor, pixel: bool) -> torch.Tensor:
-        """Steady-state block from a CUDA graph (the mask is ~60 small kernels: launch-bound when eager).
+    def _replay(self, src: torch.Tensor) -> MaskOutput:
+        """Steady-state block from a CUDA graph (the eager mask is ~100 small kernels: launch-bound).
 
         The graph reads the history buffers and writes the new history into them in place, so each replay
-        advances the stream exactly as the eager path does. Captured on the first steady call.
+        advances the stream exactly as the eager path does. Captured on the first steady call; with ``compile``,
+        the compiled function runs once before the capture (outside it: compilation and Triton's first launches
+        must not happen while capturing; it is pure, so that run leaves the history as it was).
         """
         if self._graph is None or self._src_static is None or self._src_static.shape != src.shape:
             self._src_static = src.clone()
+            fn = compiled_mask_block() if self.compile else mask_block
+            gauss = self._gauss_on(src.device)
+            if self.compile:
+                fn(self._src_static, self._hist, self.params, gauss)
+                torch.cuda.current_stream().synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                out, state = self._compute(self._src_static, pixel, False)
-                for dst, new in zip(self._state_buffers(), state, strict=True):
+                out, state = fn(self._src_static, self._hist, self.params, gauss)
+                for dst, new in zip(self._hist, state, strict=True):
+                    assert dst is not None and new is not None
                     dst.copy_(new)
             self._graph, self._out_static = g, out
         self._src_static.copy_(src)
         self._graph.replay()
         assert self._out_static is not None
-        return self._out_static.clone()
+        return MaskOutput(*(t.clone() for t in self._out_static))
 
-    def _state_buffers(self) -> _State:
-        assert self._d_hist is not None and self._g_hist is not None and self._k_hist is not None
-        assert self._o_hist is not None and self._last is not None and self._ref is not None
-        return (self._d_hist, self._g_hist, self._k_hist, self._o_hist, self._last, self._ref)
+    def _state_buffers(self) -> tuple[torch.Tensor, ...]:
+        """The history tensors (a steady stream's graph reads and writes these)."""
+        assert all(t is not None for t in self._hist)
+        return tuple(t for t in self._hist if t is not None)
+
+    def _grid_ones(self, latents: torch.Tensor) -> torch.Tensor:
+        gh, gw = self.geometry.token_grid
+        return torch.ones(latents.shape[0], latents.shape[1], gh, gw, dtype=torch.bool, device=latents.device)
 
     def _external(self, external: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
         if external is None:

@@ -14,6 +14,28 @@ def padded_count(n_keep: int, n_total: int, bucket: int) -> int:
     return min(n_total, math.ceil(n_keep / bucket) * bucket) if n_keep else 0
 
 
+def kept_order(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept tokens' indices of a block, on the device with no host synchronisation (a few kernels: a
+    cumulative sum and one scatter, no sort; capturable in a CUDA graph).
+
+    Args:
+        flat: [N] bool, N >= 1 (True = keep).
+    Returns:
+        (count, padded): the kept count, int64 []; [N] int64, the kept indices in ascending order, then the
+        last kept index repeated (index 0 when nothing is kept). The same as a stable argsort of ``~flat``
+        with its tail replaced by the last kept index.
+    """
+    n = flat.shape[0]
+    pos = torch.arange(n, device=flat.device)
+    kept_upto = flat.long().cumsum(0)  # kept tokens at or before each position
+    count = kept_upto[-1]
+    # kept tokens go to their rank among the kept, the others after all of them in their own order: a permutation
+    dest = torch.where(flat, kept_upto - 1, count + pos - kept_upto)
+    order = torch.empty_like(pos).scatter_(0, dest, pos)
+    last = order.gather(0, (count - 1).clamp(min=0).reshape(1))
+    return count, torch.where(pos < count, order, last)
+
+
 @dataclass(frozen=True)
 class KeepSet:
     """Which tokens of a block are recomputed.
@@ -59,21 +81,23 @@ class KeepSet:
         return cls.begin(keep, bucket).result()
 
     @classmethod
-    def begin(cls, keep: torch.Tensor, bucket: int = 128) -> PendingKeepSet:
+    def begin(
+        cls,
+        keep: torch.Tensor,
+        bucket: int = 128,
+        order: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> PendingKeepSet:
         """Start building the index set: everything on the device, the kept count on its way to the host.
 
         The kept indices, already padded for any count (positions past the count repeat the last kept index),
         are computed on the device; the count is copied to pinned host memory without blocking. The host
         waits only in :meth:`PendingKeepSet.result`, so work queued in between overlaps the device's mask
-        computation.
+        computation. ``order``: :func:`kept_order` of the mask when the caller already has it (the prune mask
+        computes it inside its CUDA graph).
         """
         flat = keep.reshape(-1)
         n_total = int(flat.shape[0])
-        count = flat.sum()  # int64 [] on the device
-        order = torch.argsort((~flat).to(torch.int8), stable=True)  # kept indices first, ascending
-        last = order.gather(0, (count - 1).clamp_(min=0).reshape(1))
-        positions = torch.arange(n_total, device=flat.device)
-        padded = torch.where(positions < count, order, last)
+        count, padded = kept_order(flat) if order is None else order
         if flat.is_cuda:
             host = torch.empty((), dtype=count.dtype, pin_memory=True)
             host.copy_(count, non_blocking=True)

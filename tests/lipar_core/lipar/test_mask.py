@@ -9,7 +9,17 @@ from scipy import ndimage
 
 from lipar_core.geometry import StreamGeometry
 from lipar_core.lipar.config import LiparConfig
-from lipar_core.lipar.mask import FLOOR_MARGIN, PruneMasker, gaussian_causal_kernel, latest_kept
+from lipar_core.lipar.mask import (
+    FLOOR_MARGIN,
+    MaskHistory,
+    MaskParams,
+    PruneMasker,
+    compiled_mask_block,
+    gaussian_causal_kernel,
+    latest_kept,
+    mask_block,
+)
+from tests.markers import needs_cxx
 
 
 def _trimmed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -263,3 +273,52 @@ def test_latest_kept_equals_the_frame_by_frame_update(token_hw: tuple[int, int])
     got = latest_kept(cur, keep, token_hw, ref)
     assert got.is_contiguous() and torch.equal(got, want)
     assert torch.equal(got[..., :th, :tw], ref[..., :th, :tw])
+
+
+@needs_cxx
+@torch.no_grad()
+@pytest.mark.parametrize("source", ["latent", "pixel"])
+def test_compiled_mask_block_equals_eager(source: str) -> None:
+    """The compiled mask (what the GPU's mask graph captures, ``compile_mask``) compiles as one graph
+    (``fullgraph``: no break that a CUDA graph capture would trip on) and gives the eager masks, kept orders and
+    history, block after block (steady-state blocks, as on the GPU)."""
+    geo = StreamGeometry(height=128, width=192)
+    cfg = LiparConfig(mask_source=source, floor_pixel=0.2, floor=0.25)
+    params = MaskParams.of(cfg, geo)
+    gauss = gaussian_causal_kernel(1.5)
+    f = geo.latent_frames_per_block
+    if source == "pixel":
+        n = geo.pixel_frames_per_block
+        lat = None
+        px = _pixel_blips(5 * n)
+    else:
+        lat = _moving_latents(5 * f)
+    compiled = compiled_mask_block()
+    hist_e = hist_c = MaskHistory()
+    kept = []
+    for b in range(5):
+        src = px[None, b * n : (b + 1) * n] if lat is None else lat[None, b * f : (b + 1) * f]
+        fn = compiled if b >= 2 else mask_block  # a stream's first two blocks run eagerly on the GPU too
+        out_c, hist_c = fn(src, hist_c, params, gauss)
+        out_e, hist_e = mask_block(src, hist_e, params, gauss)
+        assert torch.equal(out_c.keep, out_e.keep), f"block {b}"
+        assert torch.equal(out_c.order, out_e.order) and int(out_c.n_kept) == int(out_e.keep[0].sum())
+        for c, e in zip(hist_c, hist_e, strict=True):
+            assert c is not None and e is not None
+            torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+        kept.append(out_e.keep.float().mean())
+    assert 0 < float(torch.stack(kept[1:]).mean()) < 1  # not a degenerate mask
+
+
+def _pixel_blips(t: int) -> torch.Tensor:
+    """[T, 3, 128, 192] pixel frames in [0, 1]: a noisy still, a moving 12-pixel square and a flicker."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.nn.functional.avg_pool2d(torch.rand(3, 136, 200, generator=g)[None], 9, 1)[0]
+    frames = []
+    for i in range(t):
+        x = base.clone() + 0.01 * torch.randn(base.shape, generator=g)
+        x[:, 40:52, 8 + 6 * i : 20 + 6 * i] = 0.95
+        if i % 3 == 0:
+            x[:, 96:128, 150:190] += 0.3
+        frames.append(x.clamp(0, 1))
+    return torch.stack(frames)
