@@ -8,7 +8,8 @@ loopback exists. It proves: the page plays the session's edited video (frames co
 ``#token=`` leaves the address bar and never reaches the server's log; a second viewer plays at the same time; a
 third, over the limit, says so and retries until a place is free, then plays; an unknown session and a missing
 token are each one clear line; the session's end is shown; the server's Content-Security-Policy causes no
-violation. The screenshot goes to ``artifacts/browser/viewer.png`` and ``docs/images/viewer-obs.png``.
+violation. The screenshot goes to ``artifacts/browser/viewer.png``; with ``LIPAR_UPDATE_DOCS_IMAGES=1`` also to
+``docs/images/viewer-obs.png`` (the README's, retaken on purpose: a plain test run leaves the tree as it was).
 
 The runner half of this file (``python -m tests.browser.test_viewer_e2e OUT_DIR``) runs inside the namespace.
 """
@@ -66,8 +67,8 @@ def result() -> dict[str, object]:
     if shot.exists():
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, ARTIFACTS / "viewer.png")
-        DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, DOCS_IMAGE)
+        if os.environ.get("LIPAR_UPDATE_DOCS_IMAGES") == "1":
+            shutil.copyfile(shot, DOCS_IMAGE)
     return res
 
 
@@ -83,7 +84,6 @@ def test_viewer_plays_the_session(result: dict) -> None:
     assert not layout["scrollable"], layout
     assert result["second"]["frames"] >= 10 and result["first_kept_playing"], result
     assert (RUN_DIR / "viewer.png").stat().st_size > 10_000
-    assert DOCS_IMAGE.exists()
 
 
 def test_viewer_explains_what_it_cannot_show(result: dict) -> None:

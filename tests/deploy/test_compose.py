@@ -347,6 +347,21 @@ def test_model_cache_volume(compose: dict[str, Any], services: dict[str, Any], n
 
 
 @pytest.mark.parametrize("name", ["server", "server-cpu"])
+def test_recordings_volume(compose: dict[str, Any], services: dict[str, Any], name: str) -> None:
+    """Recordings go to a named volume (kept ones outlive the container), at the folder the images create
+    for the unprivileged user."""
+    service = services[name]
+    assert "recordings:/recordings" in service["volumes"]
+    assert "recordings" in compose["volumes"]
+    assert service_env(service)["LIPAR_RECORDINGS_DIR"] == "/recordings"
+    for dockerfile in ("Dockerfile", "Dockerfile.cpu"):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        assert re.search(r"mkdir -p [^\n]*/recordings", text) and re.search(
+            r"chown lipar:lipar [^\n]*/recordings", text
+        )
+
+
+@pytest.mark.parametrize("name", ["server", "server-cpu"])
 def test_server_healthcheck_hits_readyz(services: dict[str, Any], name: str) -> None:
     check = services[name]["healthcheck"]
     assert check["test"][0] in ("CMD", "CMD-SHELL")
