@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from tests.browser.harness import driver_result
 from tests.server.server_proc import ServerProcess
 
 HERE = Path(__file__).resolve().parent
@@ -116,10 +117,7 @@ def run(out_dir: Path, timeout_s: float | None = None, preset: str | None = None
             text=True,
             timeout=timeout_s,
         )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        result = json.loads(lines[-1]) if lines else {"ok": False, "error": "the driver printed no result"}
-        result["driver_rc"] = proc.returncode
-        result["driver_stderr"] = proc.stderr[-3000:]
+        result = driver_result(proc.stdout, proc.returncode, proc.stderr)
     except Exception as e:
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.harness import require_browser_env
+from tests.browser.harness import driver_result, require_browser_env, run_in_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -42,20 +42,7 @@ def result() -> dict[str, Any]:
     out = RUN_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    script = 'ip link set lo up && exec "$0" -m tests.browser.test_camera_rate_e2e "$1"'
-    proc = subprocess.run(
-        ["unshare", "-n", "bash", "-c", script, sys.executable, str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=310,
-    )
-    path = out / "result.json"
-    assert path.exists(), (
-        f"the runner wrote no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
-    res: dict[str, Any] = json.loads(path.read_text())
-    return res
+    return run_in_netns("tests.browser.test_camera_rate_e2e", out, timeout_s=310)
 
 
 def _explain(r: dict[str, Any]) -> str:
@@ -118,10 +105,7 @@ def run(out_dir: Path) -> dict[str, Any]:
             text=True,
             timeout=DRIVER_TIMEOUT_S,
         )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        res = json.loads(lines[-1]) if lines else {"ok": False, "error": "the driver printed no result"}
-        res["driver_rc"] = proc.returncode
-        res["driver_stderr"] = proc.stderr[-3000:]
+        res = driver_result(proc.stdout, proc.returncode, proc.stderr)
     except Exception as e:
         res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     finally:

@@ -26,14 +26,12 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.browser.harness import require_browser_env
+from tests.browser.harness import require_browser_env, run_in_netns
 from tests.browser.run_e2e import FIRST_PROMPT, REC_S, SECOND_PROMPT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,21 +47,9 @@ def e2e_result() -> dict[str, object]:
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
-    script = 'ip link set lo up && exec "$0" -m tests.browser.run_e2e "$1"'
     t0 = time.monotonic()
-    proc = subprocess.run(
-        ["unshare", "-n", "bash", "-c", script, sys.executable, str(ARTIFACTS)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=250 + REC_S,
-    )
+    result: dict[str, object] = run_in_netns("tests.browser.run_e2e", ARTIFACTS, timeout_s=250 + REC_S)
     wall = time.monotonic() - t0
-    path = ARTIFACTS / "result.json"
-    assert path.exists(), (
-        f"the run wrote no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
-    result: dict[str, object] = json.loads(path.read_text())
     result["wall_s"] = round(wall, 1)
     print(f"\nbrowser e2e: {wall:.1f} s; artifacts in {ARTIFACTS}; screenshot {result.get('screenshot')}")
     return result

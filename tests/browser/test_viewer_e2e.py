@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.harness import require_browser_env
+from tests.browser.harness import driver_result, require_browser_env, run_in_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -50,19 +49,7 @@ def result() -> dict[str, object]:
     out = RUN_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    script = 'ip link set lo up && exec "$0" -m tests.browser.test_viewer_e2e "$1"'
-    proc = subprocess.run(
-        ["unshare", "-n", "bash", "-c", script, sys.executable, str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    path = out / "result.json"
-    assert path.exists(), (
-        f"the runner wrote no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
-    res: dict[str, object] = json.loads(path.read_text())
+    res: dict[str, object] = run_in_netns("tests.browser.test_viewer_e2e", out, timeout_s=400)
     shot = out / "viewer.png"
     if shot.exists():
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -172,13 +159,8 @@ async def _run(out_dir: Path) -> dict[str, object]:
                 stderr=asyncio.subprocess.PIPE,
             )
             stdout, stderr = await asyncio.wait_for(proc.communicate(), DRIVER_TIMEOUT_S)
-            lines = [ln for ln in stdout.decode().splitlines() if ln.startswith("{")]
-            result = (
-                json.loads(lines[-1]) if lines else {"ok": False, "error": "the driver printed no result"}
-            )
+            result = driver_result(stdout.decode(), proc.returncode, stderr.decode())
             result["model"] = {"width": model["width"], "height": model["height"]}
-            result["driver_rc"] = proc.returncode
-            result["driver_stderr"] = stderr.decode()[-3000:]
             result["driver_s"] = time.monotonic() - t0
     except Exception as e:
         result = {**result, "ok": False, "error": f"{type(e).__name__}: {e}"}
