@@ -386,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ae-steps", type=int, default=None)
     p.add_argument("--ae-seconds", type=float, default=None, help="stage 1 wall-clock budget (s)")
     p.add_argument("--ae-batch", type=int, default=None)
+    p.add_argument("--ae-lr", type=float, default=None, help="autoencoder peak learning rate")
     p.add_argument("--dit-steps", type=int, default=None)
     p.add_argument("--dit-seconds", type=float, default=None, help="stage 2 wall-clock budget (s)")
     p.add_argument(
@@ -419,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ae_steps",
         "ae_seconds",
         "ae_batch",
+        "ae_lr",
         "dit_steps",
         "dit_seconds",
         "dit_size",
