@@ -243,7 +243,7 @@ def open_close(m: torch.Tensor) -> torch.Tensor:
     return _erode3_nearest(_dilate3_nearest(opened))
 
 
-def enforce_min_ratio(m: torch.Tensor, ratio: float) -> torch.Tensor:
+def enforce_min_ratio(m: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
     """Grow frames with any kept token (3x3 dilation steps) until >= ``ratio`` of tokens are kept.
 
     Vectorised over frames with a fixed number of steps (enough to fill a frame from one token), selecting
@@ -270,50 +270,60 @@ tokens where this margin keeps 69-93 % (the paper's criterion alone: 42-89 %).""
 
 @dataclass(frozen=True)
 class MaskParams:
-    """The constants of one stream's mask computation (:func:`mask_block`); a compiled mask specialises on them.
+    """The structure of one stream's mask computation (:func:`mask_block`): what a compiled mask specialises on.
+    The thresholds are not here but in a tensor (:func:`mask_levels`), so that streams whose settings differ only
+    in thresholds (a session's ``tau`` override) share one compiled graph instead of compiling their own while
+    streaming.
 
     Attributes:
         pixel: the ``pixel`` source (else ``latent``).
         stride: pixel frames per latent frame (the autoencoder's temporal stride).
         token: a token's size in the compared tensor's H and W (pixels, or latent values).
         patch: the DiT patch (latent values per token side), for the latent source's trimmed distance.
-        tau: the source's short-term threshold.
-        tau2: the source's drift threshold (already scaled for the pixel source), or None.
         dilation: radius of the forward-causal dilation.
-        min_keep_ratio: see :class:`LiparConfig`, or None.
-        floor: the source's hard floor, or None.
+        drift: the drift check is on (``tau2`` set).
+        floor: the hard floor is on (the source's floor set).
+        min_ratio: a minimum kept ratio is set (``min_keep_ratio`` > 0).
     """
 
     pixel: bool
     stride: int
     token: tuple[int, int]
     patch: tuple[int, int]
-    tau: float
-    tau2: float | None
     dilation: int
-    min_keep_ratio: float | None
-    floor: float | None
+    drift: bool
+    floor: bool
+    min_ratio: bool
 
     @classmethod
     def of(cls, config: LiparConfig, geometry: StreamGeometry) -> MaskParams:
-        """The parameters of ``config``'s latent or pixel source on ``geometry``."""
+        """The structure of ``config``'s latent or pixel source on ``geometry``."""
         pixel = config.mask_source == "pixel"
         patch = (geometry.patch[1], geometry.patch[2])
         token = (geometry.vae_stride[1] * patch[0], geometry.vae_stride[2] * patch[1]) if pixel else patch
-        tau2 = config.tau2
-        if tau2 is not None and pixel and config.tau > 0:
-            tau2 = tau2 * config.tau_pixel / config.tau  # the same strictness relative to tau
         return cls(
             pixel=pixel,
             stride=geometry.vae_stride[0],
             token=token,
             patch=patch,
-            tau=config.tau_pixel if pixel else config.tau,
-            tau2=tau2,
             dilation=config.dilation,
-            min_keep_ratio=config.min_keep_ratio,
-            floor=config.floor_pixel if pixel else config.floor,
+            drift=config.tau2 is not None,
+            floor=(config.floor_pixel if pixel else config.floor) is not None,
+            min_ratio=bool(config.min_keep_ratio),
         )
+
+
+def mask_levels(config: LiparConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """The thresholds of ``config``'s source as a float32 tensor [4] on ``device``: the short-term threshold,
+    the drift threshold (scaled for the pixel source: the same strictness relative to tau), the hard floor and
+    the minimum kept ratio (0 where :class:`MaskParams` turns a check off)."""
+    pixel = config.mask_source == "pixel"
+    tau = config.tau_pixel if pixel else config.tau
+    tau2 = config.tau2 or 0.0
+    if pixel and config.tau > 0:
+        tau2 = tau2 * config.tau_pixel / config.tau
+    floor = (config.floor_pixel if pixel else config.floor) or 0.0
+    return torch.tensor([tau, tau2, floor, config.min_keep_ratio or 0.0], dtype=torch.float32, device=device)
 
 
 class MaskHistory(NamedTuple):
@@ -372,7 +382,7 @@ def _distances(cur: torch.Tensor, last: torch.Tensor | None, p: MaskParams) -> t
 
 
 def _floor_changed(
-    src: torch.Tensor, cur: torch.Tensor, h: MaskHistory, p: MaskParams
+    src: torch.Tensor, cur: torch.Tensor, h: MaskHistory, p: MaskParams, level: torch.Tensor
 ) -> torch.Tensor | None:
     """The hard floor: tokens whose input changed clearly, with their margin (:data:`FLOOR_MARGIN`),
     [B, F, gh, gw] float {0, 1}, or None when it is off.
@@ -381,7 +391,7 @@ def _floor_changed(
     every pixel frame of each latent frame's group (``src`` [B, F * stride, 3, H, W]) against the previous
     group's last frame, and the group's last frame against the drift reference.
     """
-    if p.floor is None:
+    if not p.floor:
         return None
     tok = p.token
     first = h.last if h.last is not None else cur[:, :1]  # stream start: no change before it
@@ -395,11 +405,16 @@ def _floor_changed(
         peak = peak_change(cur, torch.cat([first, cur[:, :-1]], dim=1), tok)
         if h.ref is not None:
             peak = torch.maximum(peak, peak_change(cur, h.ref, tok))
-    return dilate((peak > p.floor).float(), FLOOR_MARGIN)
+    return dilate((peak > level).float(), FLOOR_MARGIN)
 
 
 def mask_block(
-    src: torch.Tensor, h: MaskHistory, p: MaskParams, gauss: torch.Tensor, force_full: bool = False
+    src: torch.Tensor,
+    h: MaskHistory,
+    p: MaskParams,
+    gauss: torch.Tensor,
+    levels: torch.Tensor,
+    force_full: bool = False,
 ) -> tuple[MaskOutput, MaskHistory]:
     """One block's keep mask and the history after it: a pure function (it never writes ``h``), torch ops only,
     no host synchronisation (the branches depend on ``p`` and on which history exists, never on data), so it can
@@ -409,8 +424,9 @@ def mask_block(
         src: the block's latents [B, F, C, h, w], or for the pixel source its pixel frames
             [B, F * stride, 3, H, W] in [0, 1] (the filters compare the last frame of each group), float32.
         h: the history before the block.
-        p: the source's constants.
+        p: the source's structure.
         gauss: :func:`gaussian_causal_kernel` on ``src``'s device.
+        levels: :func:`mask_levels` on ``src``'s device.
         force_full: keep everything (the history still advances).
     Returns:
         (the mask and the kept order of its first stream, the history after the block).
@@ -423,9 +439,9 @@ def mask_block(
     g_hist = h.g if h.g is not None else med[:, :1]
     seq = _pad_hw(torch.cat([g_hist, med], dim=1), 1)  # [B, F + 1, gh + 2, gw + 2]
     g = F.conv3d(seq.unsqueeze(1), gauss[None, None]).squeeze(1)  # [B, F, gh, gw]
-    keep = g > p.tau
-    if p.tau2 is not None and h.ref is not None:
-        keep = keep | (_dist(cur, h.ref.expand_as(cur), p) > p.tau2)
+    keep = g > levels[0]
+    if p.drift and h.ref is not None:
+        keep = keep | (_dist(cur, h.ref.expand_as(cur), p) > levels[1])
     kf = keep.float()
     k_hist = h.k if h.k is not None else kf[:, :1].expand(-1, 2, -1, -1)
     maj = (causal_window3(torch.cat([k_hist, kf], dim=1), f).sum(dim=-1) >= 14).float()
@@ -433,9 +449,9 @@ def mask_block(
     o_hist = h.o if h.o is not None else oc[:, :1]
     r = p.dilation
     dil = torch.maximum(dilate(oc, r), dilate(torch.cat([o_hist, oc[:, :-1]], dim=1), r))
-    if p.min_keep_ratio:
-        dil = enforce_min_ratio(dil, p.min_keep_ratio)
-    changed = _floor_changed(src, cur, h, p)
+    if p.min_ratio:
+        dil = enforce_min_ratio(dil, levels[3])
+    changed = _floor_changed(src, cur, h, p, levels[2])
     if changed is not None:  # the floor overrides whatever the filters made of the neighbourhood
         dil = torch.maximum(dil, changed)
     out = dil > 0.5
@@ -499,6 +515,7 @@ class PruneMasker:
         self.use_cuda_graph = use_cuda_graph
         self.compile = compile
         self._gauss: dict[torch.device, torch.Tensor] = {}
+        self._levels: dict[torch.device, torch.Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
         self._src_static: torch.Tensor | None = None  # the graph's input (latents or pixel frames)
         self._out_static: MaskOutput | None = None
@@ -516,11 +533,13 @@ class PruneMasker:
             self._spare = self._hist
         self._hist = MaskHistory()
 
-    def _gauss_on(self, device: torch.device) -> torch.Tensor:
-        gk = self._gauss.get(device)
-        if gk is None:  # built once per device: no host-to-device copy per block (nor inside a CUDA graph)
-            gk = self._gauss[device] = gaussian_causal_kernel(1.5, device)
-        return gk
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian kernel and the thresholds on ``device``, built once per device: no host-to-device copy
+        per block (nor inside a CUDA graph)."""
+        if device not in self._gauss:
+            self._gauss[device] = gaussian_causal_kernel(1.5, device)
+            self._levels[device] = mask_levels(self.config, device)
+        return self._gauss[device], self._levels[device]
 
     @torch.no_grad()
     def __call__(
@@ -564,7 +583,7 @@ class PruneMasker:
         steady = self._hist.ref is not None and not force_full
         if steady and src.is_cuda and self.use_cuda_graph:
             return self._replay(src)
-        out, state = mask_block(src, self._hist, self.params, self._gauss_on(src.device), force_full)
+        out, state = mask_block(src, self._hist, self.params, *self._constants(src.device), force_full)
         spare, self._spare = self._spare, None
         if spare is not None and all(
             a is not None and b is not None and (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device)
@@ -590,13 +609,13 @@ class PruneMasker:
         if self._graph is None or self._src_static is None or self._src_static.shape != src.shape:
             self._src_static = src.clone()
             fn = compiled_mask_block() if self.compile else mask_block
-            gauss = self._gauss_on(src.device)
+            consts = self._constants(src.device)
             if self.compile:
-                fn(self._src_static, self._hist, self.params, gauss)
+                fn(self._src_static, self._hist, self.params, *consts)
                 torch.cuda.current_stream().synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                out, state = fn(self._src_static, self._hist, self.params, gauss)
+                out, state = fn(self._src_static, self._hist, self.params, *consts)
                 for dst, new in zip(self._hist, state, strict=True):
                     assert dst is not None and new is not None
                     dst.copy_(new)

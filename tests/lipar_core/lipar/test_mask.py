@@ -18,6 +18,7 @@ from lipar_core.lipar.mask import (
     gaussian_causal_kernel,
     latest_kept,
     mask_block,
+    mask_levels,
 )
 from tests.markers import needs_cxx
 
@@ -281,33 +282,39 @@ def test_latest_kept_equals_the_frame_by_frame_update(token_hw: tuple[int, int])
 def test_compiled_mask_block_equals_eager(source: str) -> None:
     """The compiled mask (what the GPU's mask graph captures, ``compile_mask``) compiles as one graph
     (``fullgraph``: no break that a CUDA graph capture would trip on) and gives the eager masks, kept orders and
-    history, block after block (steady-state blocks, as on the GPU)."""
+    history, block after block (steady-state blocks, as on the GPU). Other thresholds (a session's override) reuse
+    the compiled graph: no compilation while a stream runs."""
+    from torch._dynamo.utils import counters
+
     geo = StreamGeometry(height=128, width=192)
     cfg = LiparConfig(mask_source=source, floor_pixel=0.2, floor=0.25)
+    other = LiparConfig(mask_source=source, floor_pixel=0.3, floor=0.5, tau=0.2, tau_pixel=0.05, tau2=0.2)
     params = MaskParams.of(cfg, geo)
+    assert MaskParams.of(other, geo) == params  # thresholds are not structure
     gauss = gaussian_causal_kernel(1.5)
-    f = geo.latent_frames_per_block
-    if source == "pixel":
-        n = geo.pixel_frames_per_block
-        lat = None
-        px = _pixel_blips(5 * n)
-    else:
-        lat = _moving_latents(5 * f)
+    f, n = geo.latent_frames_per_block, geo.pixel_frames_per_block
+    frames = _pixel_blips(5 * n) if source == "pixel" else _moving_latents(5 * f)
+    step = n if source == "pixel" else f
     compiled = compiled_mask_block()
-    hist_e = hist_c = MaskHistory()
     kept = []
-    for b in range(5):
-        src = px[None, b * n : (b + 1) * n] if lat is None else lat[None, b * f : (b + 1) * f]
-        fn = compiled if b >= 2 else mask_block  # a stream's first two blocks run eagerly on the GPU too
-        out_c, hist_c = fn(src, hist_c, params, gauss)
-        out_e, hist_e = mask_block(src, hist_e, params, gauss)
-        assert torch.equal(out_c.keep, out_e.keep), f"block {b}"
-        assert torch.equal(out_c.order, out_e.order) and int(out_c.n_kept) == int(out_e.keep[0].sum())
-        for c, e in zip(hist_c, hist_e, strict=True):
-            assert c is not None and e is not None
-            torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
-        kept.append(out_e.keep.float().mean())
-    assert 0 < float(torch.stack(kept[1:]).mean()) < 1  # not a degenerate mask
+    graphs: list[int] = []
+    for levels in (mask_levels(cfg), mask_levels(other)):
+        hist_e = hist_c = MaskHistory()
+        for b in range(5):
+            src = frames[None, b * step : (b + 1) * step]
+            fn = compiled if b >= 2 else mask_block  # a stream's first two blocks run eagerly on the GPU too
+            out_c, hist_c = fn(src, hist_c, params, gauss, levels)
+            out_e, hist_e = mask_block(src, hist_e, params, gauss, levels)
+            assert torch.equal(out_c.keep, out_e.keep), f"block {b}"
+            assert torch.equal(out_c.order, out_e.order) and int(out_c.n_kept) == int(out_e.keep[0].sum())
+            for c, e in zip(hist_c, hist_e, strict=True):
+                assert c is not None and e is not None
+                torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+            kept.append(float(out_e.keep.float().mean()))
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0], "the other thresholds compiled again"
+    assert 0 < sum(kept[1:5]) / 4 < 1  # not a degenerate mask
+    assert kept[5:] != kept[:5]  # the other thresholds did change the masks
 
 
 def _pixel_blips(t: int) -> torch.Tensor:
