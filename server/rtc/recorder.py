@@ -213,7 +213,9 @@ class Recorder:
         """Finalise the file and return its info (event loop; the work is done in the recorder's thread)."""
         self.request_stop()
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.finished), timeout)
+            # shielded: a caller that gives up (its timeout, its task cancelled at shutdown) must not cancel
+            # ``finished``, which the thread resolves when it has finalised the file
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.finished)), timeout)
         except TimeoutError:
             log.error("recording %s: not finalised within %.0f s", self.path, timeout)
             return self.snapshot()

@@ -430,7 +430,8 @@ class SessionManager:
 
     async def _watch_recording(self, session_id: str, rec: Recorder) -> None:
         """Wait for a recording to end; one that ended by itself (size limit, error) turns ``record`` off."""
-        info: RecordingInfo = await asyncio.wrap_future(rec.finished)
+        # shielded: this watcher is cancelled at shutdown, which must not cancel the recording's own end
+        info: RecordingInfo = await asyncio.shield(asyncio.wrap_future(rec.finished))
         self.recordings.forget(session_id, rec)
         if info.state in ("truncated", "failed") and self.recordings.recording(session_id) is None:
             error = f"recording {info.name} failed: {info.error}" if info.state == "failed" else None

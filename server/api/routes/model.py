@@ -154,7 +154,8 @@ class ModelInfoSource:
     async def _get(self) -> tuple[ModelInfo, PromptMatcher]:
         self.start()
         assert self._future is not None
-        return await asyncio.wrap_future(self._future)
+        # shielded: a request that is cancelled (its client left) must not cancel the read the others share
+        return await asyncio.shield(asyncio.wrap_future(self._future))
 
 
 def get_model_info_source(request: Request) -> ModelInfoSource:
