@@ -36,7 +36,8 @@ Progress = Callable[[str, int, int], None]
 #: blocks the rate measurement runs: the first is not timed (after a fresh start or a graph capture it pays for
 #: first-touch memory and caches), the others are (:mod:`server.worker.rate`)
 MEASURE_BLOCKS = 5
-#: the prompt of the timed blocks on an open-vocabulary model (a fixed-vocabulary model: its first known prompt)
+#: the prompt of the warm-up and the timed blocks on an open-vocabulary model (a fixed-vocabulary model: its first
+#: known prompt)
 MEASURE_PROMPT = "a watercolor painting"
 
 
@@ -74,15 +75,18 @@ class LiparEditorFactory:
         runtime["device"] = device
         preset = preset.with_overrides(runtime=runtime)
         self.models = load_preset(preset)
-        probe = self._editor("warm-up", 0)
+        # an unknown prompt would pass the video through (no model work) on a fixed-vocabulary model: the warm-up
+        # would then compile and capture nothing that sessions run, and the measured rate would be the
+        # pass-through's; both use a prompt the model knows
+        vocabulary = known_prompts(preset)
+        prompt = next(iter(vocabulary.values()))[0] if vocabulary else MEASURE_PROMPT
+        probe = self._editor(prompt, 0)
         self._progress("loading", 1, 1)
         self.frames_per_block = int(probe.frames_per_block)
         self.height, self.width = int(probe.height), int(probe.width)
         if self.models.device.type == "cuda":
             self._warm_up(probe)
         del probe
-        vocabulary = known_prompts(preset)  # an unknown prompt would pass the video through: time a known one
-        prompt = next(iter(vocabulary.values()))[0] if vocabulary else MEASURE_PROMPT
         self.input_fps: float | None = self._measure(self._editor(prompt, 0))
 
     def _measure(self, editor: StreamEditor, n_blocks: int = MEASURE_BLOCKS) -> float:

@@ -70,19 +70,29 @@ def test_slowest_worker_sets_the_rate() -> None:
 
 # ---- the factory's measurement --------------------------------------------------------------------------------------
 def test_factory_measures_the_rate_on_blocks_that_do_model_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo model passes an unknown prompt through (no model work): the timed editor must hold a prompt the model
-    knows, or the rate would be the pass-through's. The progress reports the measuring stage block by block."""
+    """The demo model passes an unknown prompt through (no model work): the timed editor, and the warm-up's probe
+    (on a GPU it compiles and captures what sessions run), must hold a prompt the model knows, or the rate would be
+    the pass-through's. The progress reports the measuring stage block by block."""
     timed: list[bool] = []
+    made: list[bool] = []
     real = LiparEditorFactory._measure
+    real_editor = LiparEditorFactory._editor
+
+    def editor_spy(self: LiparEditorFactory, prompt: str, seed: int, lipar: Any = None) -> Any:
+        editor = real_editor(self, prompt, seed, lipar)
+        made.append(editor.passing_through)
+        return editor
 
     def spy(self: LiparEditorFactory, editor: Any, n_blocks: int = MEASURE_BLOCKS) -> float:
         timed.append(editor.passing_through)
         return real(self, editor, n_blocks)
 
     monkeypatch.setattr(LiparEditorFactory, "_measure", spy)
+    monkeypatch.setattr(LiparEditorFactory, "_editor", editor_spy)
     reports: list[tuple[str, int, int]] = []
     factory = LiparEditorFactory("tiny", "cpu", progress=lambda *a: reports.append(a))
     assert timed == [False]
+    assert made == [False, False]  # the probe (the GPU's warm-up) and the timed editor
     assert factory.input_fps is not None and MIN_INPUT_FPS <= factory.input_fps <= MAX_INPUT_FPS
     measuring = [r for r in reports if r[0] == "measuring"]
     assert measuring == [("measuring", i, MEASURE_BLOCKS) for i in range(MEASURE_BLOCKS + 1)]
