@@ -257,10 +257,10 @@ def load_preset(
         ae.compile_streams(rt.compile_autoencoder)
     if isinstance(ae, torch.nn.Module):
         ae.to(device=dev, dtype=ae_dt).eval().requires_grad_(False)
-    if isinstance(ae, TAEHV) and dev.type == "cpu":
-        ae.use_channels_last()
     else:
         ae.to(device=dev, dtype=ae_dt)  # type: ignore[attr-defined]
+    if isinstance(ae, TAEHV) and dev.type == "cpu":
+        ae.use_channels_last()
     patch = tuple(wan.config.patch_size)
     geometry = StreamGeometry(
         height=cfg.stream.height,
