@@ -510,12 +510,10 @@ class PruneMasker:
     ) -> None:
         self.config = config
         self.geometry = geometry
-        self.patch_hw = (geometry.patch[1], geometry.patch[2])
         self.params = MaskParams.of(config, geometry)
         self.use_cuda_graph = use_cuda_graph
         self.compile = compile
-        self._gauss: dict[torch.device, torch.Tensor] = {}
-        self._levels: dict[torch.device, torch.Tensor] = {}
+        self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device: gauss, levels
         self._graph: torch.cuda.CUDAGraph | None = None
         self._src_static: torch.Tensor | None = None  # the graph's input (latents or pixel frames)
         self._out_static: MaskOutput | None = None
@@ -536,10 +534,9 @@ class PruneMasker:
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The Gaussian kernel and the thresholds on ``device``, built once per device: no host-to-device copy
         per block (nor inside a CUDA graph)."""
-        if device not in self._gauss:
-            self._gauss[device] = gaussian_causal_kernel(1.5, device)
-            self._levels[device] = mask_levels(self.config, device)
-        return self._gauss[device], self._levels[device]
+        if device not in self._consts:
+            self._consts[device] = (gaussian_causal_kernel(1.5, device), mask_levels(self.config, device))
+        return self._consts[device]
 
     @torch.no_grad()
     def __call__(
