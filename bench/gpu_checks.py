@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import statistics
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from lipar_core.models.graphs import GraphedDiT
 from lipar_core.models.kv_cache import CacheStage
 from lipar_core.models.transformer import CausalWanDiT
 from lipar_core.presets import _cast_transformer, load_preset
+from lipar_core.timing import cuda_median_ms as timed
 
 log = logging.getLogger("gpu_checks")
 dev = torch.device("cuda")
@@ -33,20 +33,6 @@ out: dict[str, Any] = {}
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
-
-
-def timed(fn: Callable[[], object], reps: int = 10) -> float:
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
 
 
 def check_first_block() -> None:

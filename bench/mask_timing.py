@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from lipar_core.lipar.config import LiparConfig
 from lipar_core.lipar.mask import PruneMasker
 from lipar_core.lipar.prune import KeepSet, kept_order
 from lipar_core.presets import load_preset
+from lipar_core.timing import cuda_median_ms
 
 log = logging.getLogger("mask_timing")
 
@@ -37,18 +37,6 @@ def _argsort_order(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.argsort((~flat).to(torch.int8), stable=True)
     last = order.gather(0, (count - 1).clamp_(min=0).reshape(1))
     return count, torch.where(torch.arange(flat.shape[0], device=flat.device) < count, order, last)
-
-
-def _event_ms(fn: Callable[[], object], reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        out.append(s.elapsed_time(e))
-    return out
 
 
 def main() -> int:
@@ -119,8 +107,8 @@ def main() -> int:
             log.info("%s: %s", key, result["runs"][key])
     flat = (torch.rand(geo.tokens_per_block, device="cuda") < 0.5).contiguous()
     for label, order_fn in (("argsort (before)", _argsort_order), ("kept_order", kept_order)):
-        ms = _event_ms(lambda f=order_fn: f(flat), 55)[5:]  # type: ignore[misc]
-        result["runs"][f"order/{label}"] = {"ms_median": statistics.median(ms)}
+        ms = cuda_median_ms(lambda f=order_fn: f(flat), reps=50, warmup=5)  # type: ignore[misc]
+        result["runs"][f"order/{label}"] = {"ms_median": ms}
     args.out.write_text(json.dumps(result, indent=2))
     lines = [
         f"# LIPAR mask stage, {result['device']}, 832x480, {geo.tokens_per_block} tokens per block",

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -74,3 +75,20 @@ class StageTimer:
                 self._ms[name] = self._ms.get(name, 0.0) + s.elapsed_time(e)
             self._events.clear()
         return dict(self._ms)
+
+
+def cuda_median_ms(fn: Callable[[], object], reps: int = 10, warmup: int = 3) -> float:
+    """The median milliseconds of ``fn`` on the current CUDA stream over ``reps`` calls (CUDA events around each
+    call, synchronised after it), after ``warmup`` untimed calls. For benchmarks and GPU checks, not the hot path.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
