@@ -39,6 +39,7 @@ from server.sessions.types import SessionChange, SessionSpec
 from server.settings import load_settings
 from server.worker.pool import Geometry
 from tests.faults.conftest import RedisServer
+from tests.polling import poll
 from tests.server.rtc_client import ClientPeer, load_clip
 from tests.server.server_proc import ServerProcess
 
@@ -49,18 +50,6 @@ HEARTBEAT_TTL_S = 2.0  # LIPAR_HEARTBEAT_TTL_S of the nodes: shorter than the pa
 PAUSE_S = 3.0  # how long Redis stays paused: longer than the heartbeat TTL, so heartbeats lapse in it
 FAST_S = REDIS_TIMEOUT_S + 2.0  # the most a request may take while the store is down
 CAPACITY = 2  # LIPAR_SESSIONS_PER_WORKER (one CPU worker per node)
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Poll the async ``check`` until it returns a truthy value; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.1)
 
 
 def assert_store_unavailable(r: httpx.Response, elapsed: float) -> None:
@@ -125,8 +114,8 @@ async def clients(
         httpx.AsyncClient(base_url=a.url, timeout=30) as ha,
         httpx.AsyncClient(base_url=b.url, timeout=30) as hb,
     ):
-        await until(lambda: ready(ha), 30, "node A to be ready")
-        await until(lambda: ready(hb), 30, "node B to be ready")
+        await poll(lambda: ready(ha), 30, "node A to be ready")
+        await poll(lambda: ready(hb), 30, "node B to be ready")
         yield ha, hb
 
 
@@ -175,8 +164,8 @@ async def test_paused_store_answers_503_fast_and_leaks_nothing(
         await asyncio.sleep(max(0.0, PAUSE_S - (time.monotonic() - paused_at)))
         await asyncio.to_thread(redis_up.resume)
         resumed_at = time.monotonic()
-        await until(lambda: ready(ha), 15, "node A to be ready after the pause")
-        await until(lambda: ready(hb), 15, "node B to be ready after the pause")
+        await poll(lambda: ready(ha), 15, "node A to be ready after the pause")
+        await poll(lambda: ready(hb), 15, "node B to be ready after the pause")
         # nothing was reserved for the failed requests: A admitted nothing, B only the live session
         assert await worker_sessions(ha) == 0
         assert await worker_sessions(hb) == 1
@@ -186,7 +175,7 @@ async def test_paused_store_answers_503_fast_and_leaks_nothing(
             assert x["node_id"] == "node-a", x
         rc = redis_up.client()
         try:  # B's heartbeat lapsed in the pause; it beats again at once (A places the next session by it)
-            await until(lambda: _async(rc.exists("lipar:node:node-b")), 10, "node B to beat again")
+            await poll(lambda: _async(rc.exists("lipar:node:node-b")), 10, "node B to beat again")
         finally:
             rc.close()
         made.append((x := await create(ha, "one too many for node A"))["id"])
@@ -208,7 +197,7 @@ async def test_paused_store_answers_503_fast_and_leaks_nothing(
             listed = {x["id"]: x for x in (await ha.get("/v1/sessions")).json()["sessions"]}
             return {} if any(x["prompt"].startswith("made while paused") for x in listed.values()) else listed
 
-        listed = await until(listed_without_ghosts, 10, "the records of the failed creations to be gone")
+        listed = await poll(listed_without_ghosts, 10, "the records of the failed creations to be gone")
         assert listed[sid]["state"] == "streaming" and set(made) <= set(listed)
     finally:
         await peer.close()
@@ -250,7 +239,7 @@ async def test_restarted_empty_store_gets_the_live_sessions_back(
                 got = {x["id"]: x for x in r.json()["sessions"]} if r.status_code == 200 else {}
                 return got if {sid, cid} <= set(got) else {}
 
-            got = await until(listed_on_a, 20, "node B's live sessions to be back in the store")
+            got = await poll(listed_on_a, 20, "node B's live sessions to be back in the store")
             assert got[sid]["node_id"] == got[cid]["node_id"] == "node-b"
             assert got[sid]["prompt"] == "a watercolor painting" and got[sid]["state"] == "streaming"
             assert got[cid]["state"] == "created"
@@ -269,18 +258,18 @@ async def test_restarted_empty_store_gets_the_live_sessions_back(
                 return None
             return r
 
-        r = await until(patched, 20, "a PATCH through node A to be accepted")
+        r = await poll(patched, 20, "a PATCH through node A to be accepted")
         assert r.status_code == 200 and r.json()["prompt"] == "a bronze statue", r.text
 
         async def applied() -> bool:
             r = await ha.get(f"/v1/sessions/{sid}")
             return r.status_code == 200 and r.json()["stats"]["active_prompt"] == "a bronze statue"
 
-        await until(applied, 60, "node B's worker to apply the prompt sent through node A")
+        await poll(applied, 60, "node B's worker to apply the prompt sent through node A")
         # DELETE through the other node and on the owner: both end, their slots are freed
         assert (await ha.delete(f"/v1/sessions/{sid}")).status_code == 204
         assert (await hb.delete(f"/v1/sessions/{cid}")).status_code == 204
-        await until(lambda: _is(worker_sessions(hb), 0), 20, "node B to free both slots")
+        await poll(lambda: _is(worker_sessions(hb), 0), 20, "node B to free both slots")
         assert (await hb.get(f"/v1/sessions/{sid}")).status_code == 404
         assert (await ha.get(f"/v1/sessions/{cid}")).status_code == 404
         for i in range(CAPACITY):
@@ -329,9 +318,9 @@ async def test_redis_store_fails_fast_and_resubscribes(redis_up: RedisServer) ->
         assert time.monotonic() - t < 1.0  # refused at once
         await asyncio.to_thread(redis_up.start)
         assert await store.get("r1") is None  # restarted empty
-        await until(lambda: store.subscribed("node-x"), 10, "the control subscription to be re-established")
+        await poll(lambda: store.subscribed("node-x"), 10, "the control subscription to be re-established")
         assert await store.publish_control("node-x", {"op": "patch", "session_id": "r1"}) == 1
-        await until(lambda: _async(bool(got)), 5, "the control message after the restart")
+        await poll(lambda: _async(bool(got)), 5, "the control message after the restart")
         assert got == [{"op": "patch", "session_id": "r1"}]
     finally:
         await store.close()
