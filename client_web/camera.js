@@ -28,24 +28,22 @@ export function cameraRate(st) {
 }
 
 // Open the chosen camera at `fps`; a camera that cannot go that slow (OverconstrainedError): at the default rate.
-async function open(st, fps) {
+// Returns the stream and the rate it was asked for.
+async function open(fps) {
   try {
-    const stream = await openCamera(ui.camera.value, fps);
-    st.camera.fps = fps;
-    return stream;
+    return { stream: await openCamera(ui.camera.value, fps), fps };
   } catch (e) {
     if (!(e && e.name === 'OverconstrainedError') || fps === DEFAULT_FPS) throw e;
-    const stream = await openCamera(ui.camera.value, DEFAULT_FPS);
-    st.camera.fps = DEFAULT_FPS;
-    return stream;
+    return { stream: await openCamera(ui.camera.value, DEFAULT_FPS), fps: DEFAULT_FPS };
   }
 }
 
 /** The open camera, or open the chosen one (reused across reconnections). */
 export async function ensureCamera(st) {
   if (st.stream && st.stream.getVideoTracks().some((t) => t.readyState === 'live')) return st.stream;
-  st.stream = await open(st, cameraRate(st));
-  st.camera.openedFps = st.camera.fps;
+  const { stream, fps } = await open(cameraRate(st));
+  st.stream = stream;
+  st.camera.fps = st.camera.openedFps = fps;
   ui.inp.srcObject = st.stream;
   refreshCameras(st);
   syncCameraRate(st); // the model info may have arrived while the camera opened
@@ -89,8 +87,7 @@ export async function switchCamera(st) {
   saveSettings();
   if (!st.stream) return;
   try {
-    const fps = cameraRate(st);
-    const fresh = await openCamera(ui.camera.value, fps);
+    const { stream: fresh, fps } = await open(cameraRate(st));
     const track = fresh.getVideoTracks()[0];
     const sender = st.pc && st.pc.getSenders().find((s) => s.track && s.track.kind === 'video');
     if (sender) await sender.replaceTrack(track);
