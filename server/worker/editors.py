@@ -94,9 +94,10 @@ class LiparEditorFactory:
 
         Runs ``n_blocks`` blocks through ``editor``, a fresh session's editor with a prompt the model knows, after
         any warm-up (so on a GPU through the captured graphs, as sessions run) and times all but the first, wall
-        clock, each ending with its frames on the host as a session's do. The input is what a webcam shows typically: a still half (LIPAR prunes it) and a moving
-        half (new noise in every frame, recomputed). Progress: stage ``measuring``, blocks done of ``n_blocks``.
-        It adds ``n_blocks`` block times to the worker's start."""
+        clock, each ending with its frames on the host as a session's do. The input is what a webcam shows
+        typically: a still half (LIPAR prunes it) and a moving half (new noise in every frame, recomputed).
+        Progress: stage ``measuring``, blocks done of ``n_blocks``. It adds ``n_blocks`` block times to the
+        worker's start."""
         if editor.passing_through:
             log.warning("the rate is measured on blocks that pass through (no model work): it is too high")
         g = torch.Generator().manual_seed(1)
