@@ -27,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lipar_core.autoencoders.taehv import TAEHV
-from lipar_core.bundle import load_bundle, save_bundle
+from lipar_core.autoencoders.taehv import TAEHV, MemBlock, TGrow
+from lipar_core.bundle import bundle_train_config, load_bundle, save_bundle
 from lipar_core.geometry import StreamGeometry
 from lipar_core.models.transformer import CausalWanDiT
 from lipar_core.scheduler import FlowMatchScheduler
@@ -93,6 +94,10 @@ class DemoConfig:
     ae_crop: int = 128
     ae_lr: float = 1e-3
     ae_jitter: float = 0.05  # std of the noise added to latents before decoding in stage 1 (robust decoder)
+    ae_mse: float = 0.0  # weight of a pixel MSE term in stage 1, beside L1 (PSNR is an MSE measure)
+    # False: stage 1 trains the decoder only; the latents, so the editor's targets and the latent floor of the
+    # LIPAR mask, stay exactly as they were (for a decoder grown by widen_decoder on a trained bundle)
+    train_encoder: bool = True
     ae_seconds: float | None = None  # wall-clock budget of stage 1 (None: ae_steps decides alone)
     pool_streams: int = 48  # training streams generated once and sampled from
     dit_steps: int = 2500
@@ -103,6 +108,11 @@ class DemoConfig:
     dit_batch: int = 8  # streams rolled out together per step (one batched KV cache)
     dit_lr: float = 1e-3
     original_fraction: float = 0.15  # share of training streams whose target is the input itself
+    # How often each edit is drawn, relative to 1 for an edit not named (:func:`edit_sampler`): in stage 1 over
+    # every edit ("original" too: the camera frames themselves), in stage 2 over the styles (the pass-through's
+    # share there is ``original_fraction``). E.g. {"original": 3} for sharper camera frames from the decoder,
+    # {"comic_posterize": 3} for a style the editor learns slowly.
+    edit_weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0
 
     @property
@@ -124,6 +134,25 @@ def edit_names() -> list[str]:
 def target_frames(name: str, frames: torch.Tensor) -> torch.Tensor:
     """The training target of edit ``name`` for float frames [T, 3, H, W] in [0, 1] (same shape)."""
     return frames if name == ORIGINAL else apply_style(name, frames)
+
+
+def edit_sampler(cfg: DemoConfig, names: Sequence[str], rng: random.Random) -> Callable[[int], list[str]]:
+    """A function that draws ``k`` edits of ``names`` (with replacement) at the weights of ``cfg.edit_weights``.
+
+    Raises:
+        ValueError: a weight names no known edit, or is negative or not finite, or every weight of ``names``
+            is 0.
+    """
+    known = edit_names()
+    for name, w in cfg.edit_weights.items():
+        if name not in known:
+            raise ValueError(f"edit weight for unknown edit {name!r}; the edits are {known}")
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"edit weight of {name!r} must be finite and >= 0, got {w}")
+    weights = [float(cfg.edit_weights.get(n, 1.0)) for n in names]
+    if not any(weights):
+        raise ValueError(f"every edit of {list(names)} has weight 0")
+    return lambda k: rng.choices(list(names), weights=weights, k=k)
 
 
 def to_float_frames(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -204,38 +233,67 @@ def train_autoencoder(
         cfg.ae_steps if steps is None else steps, cfg.ae_seconds if steps is None else None, 0.1
     )
     n_frames = cfg.ae_frames or ae.temporal_stride
-    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
+    params = list(ae.parameters() if cfg.train_encoder else ae.decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.ae_lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
-    names = edit_names()
+    draw_edits = edit_sampler(cfg, edit_names(), rng)
     losses: list[float] = []
     ae.train()
     for _ in clock.steps_of(opt, [cfg.ae_lr]):
-        batch = []
-        for _ in range(cfg.ae_batch):
-            stream = pool[rng.randrange(pool.shape[0])]
-            start = rng.randrange(stream.shape[0] // n_frames) * n_frames
-            x = to_float_frames(stream[start : start + n_frames], device)  # [n_frames, 3, H, W]
-            top = rng.randrange(0, cfg.height - cfg.ae_crop + 1, 8)
-            left = rng.randrange(0, cfg.width - cfg.ae_crop + 1, 8)
-            x = x[:, :, top : top + cfg.ae_crop, left : left + cfg.ae_crop]
-            batch.append(target_frames(rng.choice(names), x))
-        x = torch.stack(batch)  # [B, T, 3, h, w]
-        z = ae.encoder_stream(trainable=True)(x)
+        x = autoencoder_batch(cfg, pool, n_frames, draw_edits(cfg.ae_batch), rng, device)  # [B, T, 3, h, w]
+        z = ae.encoder_stream(trainable=cfg.train_encoder)(x)
         z_noisy = z + cfg.ae_jitter * torch.randn_like(z)
         y = ae.decoder_stream(trainable=True)(z_noisy)
         flat_x, flat_y = x.flatten(0, 1), y.flatten(0, 1)
         loss = (
             (flat_y - flat_x).abs().mean()
+            + cfg.ae_mse * (flat_y - flat_x).pow(2).mean()
             + 0.5 * _gradient_l1(flat_y, flat_x)
             + 0.01 * (z.pow(2).mean() - 1.0).abs()
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(float(loss.detach()))
     ae.eval()
     return losses
+
+
+def autoencoder_batch(
+    cfg: DemoConfig,
+    pool: torch.Tensor,
+    n_frames: int,
+    edits: Sequence[str],
+    rng: random.Random,
+    device: torch.device,
+) -> torch.Tensor:
+    """One stage-1 batch: for each of ``edits``, ``n_frames`` consecutive frames of a random pool stream at a
+    random ``cfg.ae_crop`` square crop (corners on a grid of 8 px), turned into that edit's target.
+
+    The crops are cut where the pool lives (keep it on the training device) and each edit is applied once to
+    all of its crops together: the styles work frame by frame, so this equals styling crop by crop.
+
+    Args:
+        pool: uint8 [streams, frames, H, W, 3] (:func:`build_pool`).
+        edits: the edit of each sample (length B).
+    Returns:
+        float [B, n_frames, 3, crop, crop] in [0, 1] on ``device``.
+    """
+    c = cfg.ae_crop
+    crops = []
+    for _ in edits:
+        stream = pool[rng.randrange(pool.shape[0])]
+        start = rng.randrange(stream.shape[0] // n_frames) * n_frames
+        top = rng.randrange(0, cfg.height - c + 1, 8)
+        left = rng.randrange(0, cfg.width - c + 1, 8)
+        crops.append(stream[start : start + n_frames, top : top + c, left : left + c])
+    x = torch.stack(crops).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)  # [B, T, 3, c, c]
+    out = torch.empty_like(x)
+    for name in dict.fromkeys(edits):
+        idx = torch.tensor([i for i, e in enumerate(edits) if e == name], device=device)
+        out[idx] = target_frames(name, x[idx].flatten(0, 1)).view(len(idx), *x.shape[1:])
+    return out
 
 
 @torch.no_grad()
@@ -299,7 +357,7 @@ def train_editor(
     )
     rng = random.Random(cfg.seed + 1)
     names = edit_names()
-    styles = names[:-1]
+    draw_styles = edit_sampler(cfg, names[:-1], rng)
     latents: dict[tuple[int, str], torch.Tensor] = {}  # (stream, edit) -> [blocks, F, C, h, w]
 
     def encoded(i: int, name: str) -> torch.Tensor:
@@ -315,7 +373,7 @@ def train_editor(
     dit.train()
     for _ in clock.steps_of(opt, [cfg.dit_lr, cfg.dit_lr]):
         picks = [rng.randrange(pool.shape[0]) for _ in range(cfg.dit_batch)]
-        edits = [ORIGINAL if rng.random() < cfg.original_fraction else rng.choice(styles) for _ in picks]
+        edits = [ORIGINAL if rng.random() < cfg.original_fraction else draw_styles(1)[0] for _ in picks]
         e = torch.tensor([names.index(n) for n in edits], device=device)
         lat_in = torch.stack([encoded(i, ORIGINAL) for i in picks], dim=1)  # [blocks, B, F, C, h, w]
         lat_tgt = torch.stack([encoded(i, n) for i, n in zip(picks, edits, strict=True)], dim=1)
@@ -356,6 +414,62 @@ def train_editor(
     return losses
 
 
+def widen_decoder(ae: TAEHV, widths: Sequence[int]) -> TAEHV:
+    """A copy of ``ae`` whose decoder stages have ``widths`` channels (each at least the old width) and decode
+    exactly as before: the encoder is copied (the latent space, the editor's targets and the LIPAR latent floor
+    stay valid), the old decoder weights sit on the old channels, the new channels start from the default
+    initialisation, and every weight from a new channel into an old one is 0, so the new channels only take
+    part once training moves those weights (Net2Net-style growth of a trained decoder).
+
+    Args:
+        ae: a trained autoencoder (any device; eval or train mode).
+        widths: the new ``decoder_widths``, 4 entries, each >= the old one.
+    Returns:
+        A new TAEHV on ``ae``'s device, in eval mode.
+    Raises:
+        ValueError: wrong count, or a width below the old one.
+    """
+    old_w = list(ae.decoder_widths)
+    if len(widths) != 4 or any(n < o for n, o in zip(widths, old_w, strict=True)):
+        raise ValueError(f"decoder widths {list(widths)} must be 4 values >= the current {old_w}")
+    dev = next(ae.parameters()).device
+    new = TAEHV(ae.latent_channels, ae.encoder_width, widths).to(dev)
+    new.encoder.load_state_dict(ae.encoder.state_dict())
+    # the old channels of each activation are its first `old` ones (of `wide`); a TGrow's output holds
+    # `stride` frames of `wide` channels each
+    old, wide = ae.latent_channels, ae.latent_channels
+    with torch.no_grad():
+        for a, b in zip(ae.decoder, new.decoder, strict=True):
+            in_idx = torch.arange(old, device=dev)
+            if isinstance(a, nn.Conv2d):
+                assert isinstance(b, nn.Conv2d)
+                _embed_conv(a, b, torch.arange(a.out_channels, device=dev), in_idx)
+                old, wide = a.out_channels, b.out_channels
+            elif isinstance(a, MemBlock):
+                assert isinstance(b, MemBlock)
+                convs_a = [m for m in a.conv if isinstance(m, nn.Conv2d)]
+                convs_b = [m for m in b.conv if isinstance(m, nn.Conv2d)]
+                both = torch.cat([in_idx, in_idx + wide])  # cat([x, past])
+                for k, (ca, cb) in enumerate(zip(convs_a, convs_b, strict=True)):
+                    _embed_conv(ca, cb, torch.arange(ca.out_channels, device=dev), both if k == 0 else in_idx)
+            elif isinstance(a, TGrow):
+                assert isinstance(b, TGrow)
+                frames = torch.arange(a.stride, device=dev)[:, None] * wide
+                _embed_conv(a.conv, b.conv, (frames + in_idx[None]).flatten(), in_idx)
+    return new.eval()
+
+
+def _embed_conv(old: nn.Conv2d, new: nn.Conv2d, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
+    """Put ``old``'s weights at rows ``out_idx`` and columns ``in_idx`` of ``new`` and zero the rest of those
+    rows (nothing new flows into an old channel); the other rows keep their initialisation."""
+    rows = new.weight[out_idx]
+    rows.zero_()
+    rows[:, in_idx] = old.weight
+    new.weight[out_idx] = rows
+    if old.bias is not None and new.bias is not None:
+        new.bias[out_idx] = old.bias
+
+
 def resume_from(path: Path, dit: CausalWanDiT, ae: TAEHV, emb: torch.nn.Parameter) -> None:
     """Copy a bundle's weights (float16 in the file) into freshly built models of the same architecture.
 
@@ -378,6 +492,15 @@ def _save(path: Path, cfg: DemoConfig, dit: CausalWanDiT, ae: TAEHV, emb: torch.
     return save_bundle(path, dit.wan, ae, StyleTextEncoder(vocabulary(), emb.detach().cpu()), asdict(cfg))
 
 
+def _edit_weight(text: str) -> tuple[str, float]:
+    """``--edit-weight`` value ``EDIT=W`` -> (edit, W)."""
+    name, sep, weight = text.partition("=")
+    try:
+        return name, float(weight if sep else "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected EDIT=W with a number W, got {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: train and write the bundle."""
     p = argparse.ArgumentParser(prog="python -m lipar_core.train.demo", description=__doc__.split("\n")[0])
@@ -396,11 +519,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="editor training frame size (px, square; default: the stream's)",
     )
     p.add_argument("--ae-jitter", type=float, default=None, help="latent noise std in stage 1")
+    p.add_argument("--ae-mse", type=float, default=None, help="weight of the pixel MSE term in stage 1")
+    p.add_argument(
+        "--decoder-widths",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=None,
+        metavar="W0,W1,W2,W3",
+        help="grow the (resumed) decoder to these widths, decoding as before at the start (widen_decoder)",
+    )
+    p.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="stage 1 trains the decoder only (the editor and the latent floor stay valid)",
+    )
     p.add_argument("--dit-blocks", type=int, default=None, help="blocks per training stream")
     p.add_argument("--dit-batch", type=int, default=None, help="streams per editor step")
     p.add_argument("--dit-lr", type=float, default=None, help="editor peak learning rate")
     p.add_argument("--pool-streams", type=int, default=None)
     p.add_argument("--workers", type=int, default=0, help="processes that make the training streams")
+    p.add_argument(
+        "--edit-weight",
+        action="append",
+        default=[],
+        type=_edit_weight,
+        metavar="EDIT=W",
+        help="draw this edit W times as often as an unnamed one (repeatable; see DemoConfig.edit_weights)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument(
@@ -428,17 +572,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dit_lr",
         "pool_streams",
         "ae_jitter",
+        "ae_mse",
         "dit_blocks",
     ):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    cfg.edit_weights.update(args.edit_weight)
+    cfg.train_encoder = not args.freeze_encoder
+    try:  # unknown edits and bad weights fail before any work
+        edit_sampler(cfg, edit_names(), random.Random(0))
+    except ValueError as e:
+        p.error(str(e))
+    if args.resume is not None:  # the resumed bundle's autoencoder (its decoder may have been grown)
+        cfg.autoencoder = dict(bundle_train_config(args.resume)["autoencoder"])
     dev = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     dit, ae, emb = build_models(cfg, dev)
     if args.resume is not None:
         resume_from(args.resume, dit, ae, emb)
+    if args.decoder_widths is not None:
+        try:
+            ae = widen_decoder(ae, args.decoder_widths)
+        except ValueError as e:
+            p.error(str(e))
+        cfg.autoencoder["decoder_widths"] = list(ae.decoder_widths)
     t0 = time.time()
-    pool = build_pool(cfg, cfg.pool_streams, cfg.dit_blocks, cfg.seed, workers=args.workers)
+    # on the training device: stage 1 cuts its crops there (uint8; 0.6 GB for 128 streams of 16 frames)
+    pool = build_pool(cfg, cfg.pool_streams, cfg.dit_blocks, cfg.seed, workers=args.workers).to(dev)
     heldout = heldout_streams(2, cfg.height, cfg.width, cfg.geometry.pixel_frames_per_block)
     tp = time.time()
     ae_losses = train_autoencoder(cfg, ae, pool, dev)

@@ -129,3 +129,81 @@ def test_stage_clock_ends_on_steps_or_seconds_and_shapes_the_rate() -> None:
     assert list(StageClock(1000, 0.0).steps_of(opt, [1.0])) == []  # no time left: no step
     with pytest.raises(ValueError):
         StageClock(-1, None)
+
+
+def test_autoencoder_batch_styles_each_crop_as_alone(pool: torch.Tensor) -> None:
+    """The batched stage-1 sampler equals cutting each crop and styling it on its own (the same draws)."""
+    import random
+
+    from lipar_core.train.demo import autoencoder_batch, target_frames
+
+    cfg = _cfg(ae_crop=32)
+    edits = ["negative", "original", "comic_posterize", "negative", "sepia_film", "original"]
+    x = autoencoder_batch(cfg, pool, 4, edits, random.Random(3), torch.device("cpu"))
+    assert x.shape == (len(edits), 4, 3, 32, 32) and x.dtype == torch.float32
+    rng = random.Random(3)
+    for k, name in enumerate(edits):
+        stream = pool[rng.randrange(pool.shape[0])]
+        start = rng.randrange(stream.shape[0] // 4) * 4
+        top, left = rng.randrange(0, 64 - 32 + 1, 8), rng.randrange(0, 64 - 32 + 1, 8)
+        crop = stream[start : start + 4, top : top + 32, left : left + 32].permute(0, 3, 1, 2).float() / 255.0
+        torch.testing.assert_close(x[k], target_frames(name, crop), rtol=0, atol=1e-6)
+    assert not torch.equal(x[0], x[3]) or not torch.equal(x[1], x[5])  # different crops were drawn
+
+
+def test_edit_weights_steer_the_draws_and_bad_weights_fail() -> None:
+    import random
+    from collections import Counter
+
+    from lipar_core.train.demo import edit_sampler, main
+
+    names = edit_names()
+    counts = Counter(edit_sampler(_cfg(edit_weights={"comic_posterize": 4.0}), names, random.Random(0))(9000))
+    # 4 of 12 weight units for comic, 1 of 12 for each other edit
+    assert 2700 < counts["comic_posterize"] < 3300
+    assert all(600 < counts[n] < 900 for n in names if n != "comic_posterize")
+    only = edit_sampler(
+        _cfg(edit_weights={n: 0.0 for n in names if n != "original"}), names, random.Random(0)
+    )
+    assert set(only(50)) == {"original"}
+    for bad in ({"cubism": 2.0}, {"negative": -1.0}, {"negative": float("inf")}, {n: 0.0 for n in names}):
+        with pytest.raises(ValueError):
+            edit_sampler(_cfg(edit_weights=bad), names, random.Random(0))
+    for arg in ("cubism=2", "negative", "negative=x", "negative=-1"):
+        with pytest.raises(SystemExit) as err:
+            main(["--out", "/nonexistent/never-written", "--edit-weight", arg])
+        assert err.value.code == 2
+
+
+def test_a_widened_decoder_decodes_as_before_and_its_new_channels_learn() -> None:
+    """widen_decoder keeps the encoder and the decoded frames (block after block, with the stream memory), and a
+    training step on the decoder alone changes the decoded frames but no latent."""
+    from lipar_core.train.demo import widen_decoder
+
+    _, ae, _ = build_models(_cfg(), torch.device("cpu"))
+    wide = widen_decoder(ae, [24, 12, 8, 10])
+    assert wide.decoder_widths == (24, 12, 8, 10) and ae.decoder_widths == (16, 8, 8, 8)
+    frames = torch.rand(1, 8, 3, 32, 48)
+    # trainable streams: no clamp to [0, 1] that could hide a difference (a random decoder's pixels are < 0)
+    enc_a, enc_b = ae.encoder_stream(), wide.encoder_stream()
+    dec_a, dec_b = ae.decoder_stream(trainable=True), wide.decoder_stream(trainable=True)
+    with torch.no_grad():
+        for block in (frames[:, :4], frames[:, 4:]):
+            za, zb = enc_a(block), enc_b(block)
+            assert torch.equal(za, zb)
+            ya = dec_a(za)
+            assert float(ya.std()) > 1e-3
+            torch.testing.assert_close(dec_b(za), ya, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="must be 4 values"):
+        widen_decoder(ae, [8, 8, 8, 8])
+    # decoder-only training: the encoder stays, the decoder moves away from the old one
+    enc0 = {k: v.clone() for k, v in wide.encoder.state_dict().items()}
+    pool = build_pool(_cfg(), 1, 1, seed=0)
+    train_autoencoder(
+        _cfg(train_encoder=False, ae_mse=10.0, ae_lr=3e-3), wide, pool, torch.device("cpu"), steps=3
+    )
+    assert all(torch.equal(v, enc0[k]) for k, v in wide.encoder.state_dict().items())
+    with torch.no_grad():
+        za = ae.encoder_stream()(frames[:, :4])
+        ya, yb = ae.decoder_stream(trainable=True)(za), wide.decoder_stream(trainable=True)(za)
+    assert float((ya - yb).abs().max()) > 1e-3
