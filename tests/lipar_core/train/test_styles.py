@@ -225,6 +225,21 @@ def test_comic_posterize_has_few_levels_and_black_outlines() -> None:
     assert not black[:, :12].any() and not black[:, 20:].any(), "no outline away from it"
 
 
+def _outline_columns(size: int) -> int:
+    """Black columns across a sharp vertical colour step in the middle of a size x size frame."""
+    step = torch.empty(1, 3, size, size)
+    step[..., : size // 2] = torch.tensor([0.9, 0.9, 0.3]).view(1, 3, 1, 1)
+    step[..., size // 2 :] = torch.tensor([0.3, 0.5, 0.9]).view(1, 3, 1, 1)
+    return int((comic_posterize(step).amax(dim=1) == 0)[0, size // 2].sum())
+
+
+def test_comic_outlines_are_bold_at_the_demo_size() -> None:
+    """At the demo's 240 px the ink line is widened by a pixel on each side; small frames keep thin lines."""
+    thin = _outline_columns(64)
+    assert 1 <= thin <= 2
+    assert _outline_columns(240) == thin + 2
+
+
 def test_thermal_extremes_and_monotone_luminance() -> None:
     assert float(thermal(torch.zeros(1, 3, 32, 32)).max()) < 0.01
     assert float(thermal(torch.ones(1, 3, 32, 32)).min()) > 0.99
