@@ -12,6 +12,8 @@ structure, and what does LIPAR cost and gain on it?
 - structure: the mean edge-map similarity of output and input (:func:`~lipar_core.train.styles.edge_similarity`);
 - unknown prompts: the editor passes the input through unchanged (PSNR against the input, inf when exact), and
   the model's own pass-through edit (``original``, run with ``pass_unknown=False``) is measured too;
+- the autoencoder alone: reconstruction PSNR of the held-out streams' frames (and the mean over the style
+  targets), block by block as live;
 - LIPAR: for naive pruning (recovery ``none``), M-degree only and full recovery, the output PSNR against the
   unpruned output at the streams' natural prune rate, the prune ratio, and ms per block on this machine.
 """
@@ -30,13 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from lipar_core.bench import psnr
-from lipar_core.bundle import bundle_train_config
+from lipar_core.bundle import bundle_train_config, load_bundle
 from lipar_core.config import PresetConfig
 from lipar_core.editor import StreamEditor
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.train.data import heldout_streams
-from lipar_core.train.demo import to_float_frames
+from lipar_core.train.demo import autoencoder_psnr, to_float_frames
 from lipar_core.train.styles import STYLE_PROMPTS, apply_style, edge_similarity, nearest_style
 from lipar_core.video_io import write_png
 
@@ -156,9 +158,22 @@ def evaluate(
         write_png(sheet, contact_sheet(tiles).numpy())
         report["contact_sheet"] = str(sheet)
     report["unknown_prompt_psnr_vs_input_db"] = unknown
+    report["autoencoder_psnr_db"] = heldout_autoencoder_psnr(bundle, streams)
     if lipar_variants:
         report["lipar"] = lipar_comparison(models, streams, lipar)
     return report
+
+
+def heldout_autoencoder_psnr(bundle: Path, streams: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The bundle's autoencoder alone on the held-out streams (uint8 [T, H, W, 3]), block by block through one
+    encoder and one decoder stream as live, float32 on the CPU: PSNR (dB) of each stream's frames and
+    ``styled``, the mean over every style target of every stream (:func:`~lipar_core.train.demo.autoencoder_psnr`).
+    """
+    ae = load_bundle(bundle).autoencoder
+    ae.use_channels_last()  # the CPU's fast layout; equal results within float rounding
+    fpb = ae.temporal_stride * int(bundle_train_config(bundle)["latent_frames_per_block"])
+    with torch.inference_mode():
+        return autoencoder_psnr(ae, streams, fpb, torch.device("cpu"))
 
 
 def edge_references(streams: dict[str, torch.Tensor]) -> dict[str, float]:
