@@ -253,8 +253,9 @@ def load_preset(
     dit = CausalWanDiT(wan)
     if dev.type == "cuda":
         dit.use_compiled_layers(rt.compile_layers)
-    if isinstance(ae, TAEHV) and dev.type == "cuda":
-        ae.compile_streams(rt.compile_autoencoder)
+    if isinstance(ae, TAEHV):
+        compile_ae = {"cuda": rt.compile_autoencoder, "cpu": rt.compile_autoencoder_cpu}.get(dev.type, False)
+        ae.compile_streams(compile_ae)
     if isinstance(ae, torch.nn.Module):
         ae.to(device=dev, dtype=ae_dt).eval().requires_grad_(False)
     else:

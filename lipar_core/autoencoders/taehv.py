@@ -28,7 +28,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -144,6 +144,29 @@ class TGrow(nn.Module):
             y = y.view(nt, h, w, s, c).permute(0, 3, 1, 2, 4).reshape(nt * s, h, w, c)
             return y.permute(0, 3, 1, 2)  # channels-last [N * stride, C, H, W]
         return self.conv(x).reshape(nt * s, c, h, w)
+
+
+class _EagerFallback:
+    """A compiled :func:`_run_layers` that runs eager once a call fails compiled but succeeds eager: a failed
+    call is repeated eagerly (the function is pure, so nothing was half done); an error of the inputs themselves
+    is raised again there and leaves the compiled function in place; a machine that cannot compile loses the
+    speed, not the stream."""
+
+    def __init__(self, compiled: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]]) -> None:
+        self.compiled: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = compiled
+
+    def __call__(self, *args: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # Inductor's compile errors have no common public base class
+                out = _run_layers(*args)  # an error of the inputs is raised here
+                logger.warning(
+                    "autoencoder: torch.compile failed (%s: %s); running eager", type(e).__name__, e
+                )
+                self.compiled = None
+                return out
+        return _run_layers(*args)
 
 
 def _run_stateful(
@@ -370,12 +393,13 @@ class TAEHV(nn.Module):
 
         Encoder / decoder, stream start / steady state, each resolution (and possibly each instance) get graphs
         of the one compiled function; the recompile limit is raised so that a process holding several (a bench
-        comparing configurations) does not fall back to eager for lack of cache entries.
+        comparing configurations) does not fall back to eager for lack of cache entries. A machine where Inductor
+        cannot compile (no C++ compiler for the CPU backend) runs eager, with one warning.
         """
         if enabled:
             dyn = torch._dynamo.config
             dyn.recompile_limit = max(dyn.recompile_limit, 32)
-        self._compiled = torch.compile(_run_layers, dynamic=False) if enabled else None
+        self._compiled = _EagerFallback(torch.compile(_run_layers, dynamic=False)) if enabled else None
 
     def layer_runner(
         self, trainable: bool = False

@@ -167,3 +167,19 @@ def test_a_preset_extends_another_key_by_key(tmp_path: Path) -> None:
     low = get_preset_config("self-forcing-1.3b-random-lowlatency")
     assert low.stream.latent_frames_per_block == 1 and low.model == rnd.model
     assert get_preset_config("self-forcing-1.3b-lowlatency").model == real.model
+
+
+def test_the_cpu_autoencoder_compiles_only_where_the_preset_asks() -> None:
+    """``runtime.compile_autoencoder_cpu`` compiles the CPU autoencoder's inference blocks (the shipped ``tiny``
+    preset asks for it); ``compile_autoencoder`` alone is for CUDA and leaves a CPU model eager."""
+    from lipar_core.autoencoders.taehv import TAEHV, _run_layers
+
+    assert get_preset_config("tiny").runtime.compile_autoencoder_cpu
+    base = get_preset_config("tiny-random")
+    assert base.runtime.compile_autoencoder and not base.runtime.compile_autoencoder_cpu
+    eager = load_preset(base).autoencoder
+    assert isinstance(eager, TAEHV) and eager.layer_runner() is _run_layers
+    on = base.with_overrides(runtime={**base.runtime.model_dump(), "compile_autoencoder_cpu": True})
+    compiled = load_preset(on).autoencoder
+    assert isinstance(compiled, TAEHV) and compiled.layer_runner() is not _run_layers
+    assert compiled.layer_runner(trainable=True) is _run_layers

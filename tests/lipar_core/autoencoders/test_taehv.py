@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -322,6 +323,42 @@ def test_compiled_streams_equal_eager() -> None:
             ya, yb = (d(za) for d in decs)
             torch.testing.assert_close(yb, ya, rtol=0, atol=1e-4)
         assert (ya - eager.decode(za)).abs().max() > 1e-3  # the state was carried (the check can fail)
+
+
+def test_a_model_that_cannot_compile_runs_eager(caplog: pytest.LogCaptureFixture) -> None:
+    """A compile failure (no C++ compiler, an Inductor bug) costs the speed, not the stream: the block is run
+    eagerly with the same result and the model stays eager, with one warning; an error of the inputs themselves
+    is raised as it is eagerly and leaves the compiled function in place."""
+    from lipar_core.autoencoders.taehv import _EagerFallback, _run_layers
+
+    calls = []
+
+    def broken(*args: Any) -> Any:
+        """Compiles the first block, then fails as Inductor does on a machine without a C++ compiler."""
+        calls.append(args)
+        if len(calls) == 1:
+            return _run_layers(*args)
+        raise RuntimeError("InductorError: no working C++ compiler")
+
+    eager, model = tiny_taehv(seed=3), tiny_taehv(seed=3)
+    model.compile_streams()
+    runner = model.layer_runner()
+    assert isinstance(runner, _EagerFallback)
+    runner.compiled = broken
+    x = _rand(1, 8, 3, 32, 48, seed=4)
+    with torch.no_grad():
+        # a stream whose state does not fit this block: eager raises too, so compiling is not blamed
+        bad = model.encoder_stream()
+        bad(x[:, :4])
+        with pytest.raises(ValueError, match="batch size or resolution changed"):
+            bad(_rand(1, 4, 3, 64, 48, seed=5))
+        assert runner.compiled is broken and len(calls) == 2
+        enc_a, enc_b = eager.encoder_stream(), model.encoder_stream()
+        with caplog.at_level("WARNING", logger="lipar_core.autoencoders.taehv"):
+            for i in (0, 4):
+                torch.testing.assert_close(enc_b(x[:, i : i + 4]), enc_a(x[:, i : i + 4]), rtol=0, atol=0)
+    assert runner.compiled is None and len(calls) == 3, "one failed compiled call, then eager"
+    assert sum("torch.compile failed" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_cpu_channels_last_path_equals_the_default_layout() -> None:
