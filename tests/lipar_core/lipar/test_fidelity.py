@@ -53,7 +53,10 @@ CONTRASTS = (0.2, 0.6)  # per channel, from the background's mean colour
 NOISE_SIGMA = 3 / 255  # webcam-level sensor noise
 CAMERA_SIGMA = 2 / 255  # sensor noise under the VP8 round trip
 BLOCKS = 3  # per scene of the mask tests; the first block is computed whole, the others are measured
-EDIT_BLOCKS = 2  # per scene of the editor tests
+# per scene of the editor tests: the first block is unpruned, so the output change is measured over the 3 pruned
+# blocks after it (with 1 pruned block, one block's chance decided it: the fast faint mover on the run 8 model
+# gave +25 % over 4 frames and +8.5 % over 12)
+EDIT_BLOCKS = 4
 MIN_RECALL = 0.99
 MIN_STILL_PRUNE = {"noise": 0.8, "vp8": 0.7}
 OUTPUT_TOLERANCE = 0.1  # output change where a mover passes: within 10 % of the unpruned output's
