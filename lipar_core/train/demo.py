@@ -269,7 +269,8 @@ def autoencoder_batch(
     device: torch.device,
 ) -> torch.Tensor:
     """One stage-1 batch: for each of ``edits``, ``n_frames`` consecutive frames of a random pool stream at a
-    random ``cfg.ae_crop`` square crop (corners on a grid of 8 px), turned into that edit's target.
+    random ``cfg.ae_crop`` square crop (corners on the autoencoder's 8-px latent grid), turned into that edit's
+    target.
 
     The crops are cut where the pool lives (keep it on the training device) and each edit is applied once to
     all of its crops together: the styles work frame by frame, so this equals styling crop by crop.
@@ -280,13 +281,13 @@ def autoencoder_batch(
     Returns:
         float [B, n_frames, 3, crop, crop] in [0, 1] on ``device``.
     """
-    c = cfg.ae_crop
+    c, grid = cfg.ae_crop, TAEHV.spatial_stride
     crops = []
     for _ in edits:
         stream = pool[rng.randrange(pool.shape[0])]
         start = rng.randrange(stream.shape[0] // n_frames) * n_frames
-        top = rng.randrange(0, cfg.height - c + 1, 8)
-        left = rng.randrange(0, cfg.width - c + 1, 8)
+        top = rng.randrange(0, cfg.height - c + 1, grid)
+        left = rng.randrange(0, cfg.width - c + 1, grid)
         crops.append(stream[start : start + n_frames, top : top + c, left : left + c])
     x = torch.stack(crops).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)  # [B, T, 3, c, c]
     out = torch.empty_like(x)

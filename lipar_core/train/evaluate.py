@@ -31,8 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lipar_core.autoencoders.taehv import TAEHV
 from lipar_core.bench import psnr
-from lipar_core.bundle import bundle_train_config, load_bundle
+from lipar_core.bundle import bundle_train_config
 from lipar_core.config import PresetConfig
 from lipar_core.editor import StreamEditor
 from lipar_core.lipar.config import LiparConfig
@@ -158,22 +159,25 @@ def evaluate(
         write_png(sheet, contact_sheet(tiles).numpy())
         report["contact_sheet"] = str(sheet)
     report["unknown_prompt_psnr_vs_input_db"] = unknown
-    report["autoencoder_psnr_db"] = heldout_autoencoder_psnr(bundle, streams)
+    report["autoencoder_psnr_db"] = heldout_autoencoder_psnr(models, streams)
     if lipar_variants:
         report["lipar"] = lipar_comparison(models, streams, lipar)
     return report
 
 
-def heldout_autoencoder_psnr(bundle: Path, streams: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The bundle's autoencoder alone on the held-out streams (uint8 [T, H, W, 3]), block by block through one
-    encoder and one decoder stream as live, float32 on the CPU: PSNR (dB) of each stream's frames and
-    ``styled``, the mean over every style target of every stream (:func:`~lipar_core.train.demo.autoencoder_psnr`).
+def heldout_autoencoder_psnr(models: EditorModels, streams: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The loaded model's autoencoder alone on the held-out streams (uint8 [T, H, W, 3]), block by block through
+    one encoder and one decoder stream as live, on the models' device and layout: PSNR (dB) of each stream's
+    frames and ``styled``, the mean over every style target of every stream
+    (:func:`~lipar_core.train.demo.autoencoder_psnr`).
+
+    Raises:
+        TypeError: the autoencoder is not a TAEHV (the demo bundles' kind).
     """
-    ae = load_bundle(bundle).autoencoder
-    ae.use_channels_last()  # the CPU's fast layout; equal results within float rounding
-    fpb = ae.temporal_stride * int(bundle_train_config(bundle)["latent_frames_per_block"])
-    with torch.inference_mode():
-        return autoencoder_psnr(ae, streams, fpb, torch.device("cpu"))
+    ae = models.autoencoder
+    if not isinstance(ae, TAEHV):
+        raise TypeError(f"expected the demo bundle's TAEHV autoencoder, got {type(ae).__name__}")
+    return autoencoder_psnr(ae, streams, models.geometry.pixel_frames_per_block, models.device)
 
 
 def edge_references(streams: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -94,8 +94,6 @@ def test_shipped_autoencoder_reconstructs_held_out_video(carphone: torch.Tensor)
     targets decode too (26.0 dB on average over the 12 blocks)."""
     from lipar_core.train.evaluate import heldout_autoencoder_psnr
 
-    cfg = get_preset_config("tiny")
-    assert cfg.model.bundle is not None
-    db = heldout_autoencoder_psnr(bundle_path(cfg.model.bundle), {"carphone": carphone})
+    db = heldout_autoencoder_psnr(load_preset("tiny"), {"carphone": carphone})
     assert db["carphone"] > 27.0, db
     assert db["styled"] > 24.0, db
