@@ -23,6 +23,7 @@ RC=0
 PRESET=${PRESET:-self-forcing-1.3b-random}
 PORT=${PORT:-8000}
 URL=http://127.0.0.1:$PORT
+LOG=/tmp/server-$PORT.log  # one server per port: bench/gpu_two.sh runs a one-GPU and a two-GPU server side by side
 RUNS_DIR=/tmp/loadtest-runs
 mkdir -p "$RUNS_DIR"
 if [ ! -d /tmp/site/aiortc ]; then
@@ -47,8 +48,9 @@ start)
   # The server first: its warm-up (compilation, graph capture) overlaps the GPU tests.
   LIPAR_CONFIG=$PRESET LIPAR_DEVICES=${DEVICES:-cuda:0} LIPAR_SESSIONS_PER_WORKER=${SESSIONS_PER_WORKER:-8} \
     LIPAR_HOST=127.0.0.1 LIPAR_PORT=$PORT LIPAR_RTC_HOST_ADDRESSES=127.0.0.1 LIPAR_WORKER_START_TIMEOUT_S=500 \
-    LIPAR_IDLE_TIMEOUT_S=30 setsid python3 -m server.main > /tmp/server.log 2>&1 < /dev/null &
-  echo "server pid $! ($PRESET)"
+    LIPAR_IDLE_TIMEOUT_S=30 LIPAR_READYZ_DETAILS_PUBLIC=true setsid python3 -m server.main > "$LOG" 2>&1 < /dev/null &
+  echo $! > "/tmp/server-$PORT.pid"
+  echo "server pid $! ($PRESET on ${DEVICES:-cuda:0}, port $PORT)"
   if [ "${GPU_TESTS:-1}" = 1 ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu-tests.txt"
     LIPAR_TEST_CLIPS=.clips/moving timeout "${GPU_TESTS_S:-300}" python3 -m pytest -m gpu tests/gpu -p no:cacheprovider \
@@ -57,7 +59,7 @@ start)
   fi
   for _ in $(seq 1 "${READY_S:-400}"); do ready && break; sleep 1; done
   ready && echo "server ready" || echo "server NOT ready"
-  grep -E "warm|graphs|ready|Error|error" /tmp/server.log | tail -n 20
+  grep -E "warm|graphs|ready|Error|error" "$LOG" | tail -n 20
   if [ "${BENCH:-0}" = 1 ]; then
     timeout "${BENCH_S:-240}" python3 -m lipar_core.bench --clips .clips --out "$OUT/bench.json" \
       --blocks "${BENCH_BLOCKS:-4}" --variants window,paper_mask,lipar > "$OUT/bench.log" 2>&1
@@ -65,8 +67,8 @@ start)
   fi
   ;;
 runs)
-  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
-    > "$OUT/smi.csv" 2>/dev/null &
+  nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
+    >> "$OUT/smi.csv" 2>/dev/null &
   SMI=$!
   for spec in ${RUNS:?}; do
     IFS=: read -r name n kind lip secs pc <<< "$spec"
@@ -74,6 +76,16 @@ runs)
     [ "$lip" = off ] && extra+=(--lipar-json '{"enabled": false}')
     [ -n "${pc:-}" ] && extra+=(--prompt-change-at "$pc")
     echo "== $name: $n sessions, $kind clips, LIPAR $lip, $secs s"
+    # the server's per-worker view (sessions, busy, device memory) half-way through the run
+    (sleep $((secs / 2 + n / 2 + 3)); python3 - "$URL" "$RUNS_DIR/$name" <<'SNAP' ) &
+import sys, urllib.request
+for path, suffix in (("/readyz", ".readyz.txt"), ("/metrics", ".metrics.txt")):
+    try:
+        body = urllib.request.urlopen(sys.argv[1] + path, timeout=5).read()
+    except Exception as e:
+        body = repr(e).encode()
+    open(sys.argv[2] + suffix, "wb").write(body)
+SNAP
     timeout $((secs + 90)) "${LOADTEST[@]}" "$URL" --clips ".clips/$kind" --sessions "$n" --seconds "$secs" \
       --fps 30 --warmup "${WARMUP:-1}" --out "$RUNS_DIR/$name.json" --label "$name $PRESET $kind LIPAR-$lip" \
       "${extra[@]}" \
@@ -81,13 +93,20 @@ runs)
     echo "rc=$?"; tail -n "$((n + 6))" "$RUNS_DIR/$name.log"
   done
   kill "$SMI" 2>/dev/null
-  python3 bench/loadtest_table.py "$RUNS_DIR" --smi "$OUT/smi.csv" --server-log /tmp/server.log \
+  wait
+  python3 bench/loadtest_table.py "$RUNS_DIR" --smi "$OUT/smi.csv" --server-log "$LOG" \
     --out "$OUT/table.md" && cat "$OUT/table.md"
   ;;
 stop)
-  pkill -f "server.main" ; sleep 3; pkill -9 -f "server.main"; echo stopped
+  if [ -f "/tmp/server-$PORT.pid" ]; then  # this port's server (its process group: the workers too)
+    kill -- "-$(cat "/tmp/server-$PORT.pid")" 2>/dev/null; sleep 3; kill -9 -- "-$(cat "/tmp/server-$PORT.pid")" 2>/dev/null
+    rm -f "/tmp/server-$PORT.pid"
+  else
+    pkill -f "server.main" ; sleep 3; pkill -9 -f "server.main"
+  fi
+  echo stopped
   ;;
 esac
-tail -n 300 /tmp/server.log > "$OUT/server.log" 2>/dev/null
+tail -n 300 "$LOG" > "$OUT/server-$PORT.log" 2>/dev/null
 tar czf "$OUT/runs.tgz" -C "$RUNS_DIR" . 2>/dev/null
 exit "${RC:-0}"  # 1 when the GPU tests failed (the server still started: later calls can measure)

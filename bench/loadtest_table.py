@@ -4,7 +4,8 @@ Per run: sessions, clip kind, LIPAR, received fps per session (min / mean) and t
 measured latency p50 / p95, the longest time to first frame (and its ICE + DTLS part), frame gaps (share under 2x
 the mean), the worst block stall (the server's slowest block after a session's first over its median block), the
 sessions' mean prune ratio (the server's last block of each), and GPU busy % (mean ``utilization.gpu`` of
-``nvidia-smi`` samples taken during the run's wall-clock window).
+``nvidia-smi`` samples taken during the run's wall-clock window, one figure per GPU when the samples carry the GPU
+index: ``--query-gpu=timestamp,index,utilization.gpu,memory.used``).
 
 Usage: python bench/loadtest_table.py RUNS_DIR [--smi smi.csv] [--server-log server.log] --out table.md
 """
@@ -22,8 +23,9 @@ from typing import Any
 log = logging.getLogger("loadtest_table")
 
 
-def read_smi(path: Path | None) -> list[tuple[float, float]]:
-    """(unix time, GPU utilisation %) samples of ``nvidia-smi --query-gpu=timestamp,utilization.gpu,... -lms``."""
+def read_smi(path: Path | None) -> list[tuple[float, int, float]]:
+    """(unix time, GPU index, utilisation %) samples of ``nvidia-smi --query-gpu=timestamp,[index,]
+    utilization.gpu,memory.used -lms`` (without the index column every sample is GPU 0's)."""
     if path is None or not path.is_file():
         return []
     out = []
@@ -31,23 +33,29 @@ def read_smi(path: Path | None) -> list[tuple[float, float]]:
         parts = [p.strip() for p in line.split(",")]
         try:
             t = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
-            out.append((t, float(parts[1])))
+            if len(parts) >= 4:
+                out.append((t, int(parts[1]), float(parts[2])))
+            else:
+                out.append((t, 0, float(parts[1])))
         except (ValueError, IndexError):
             continue
     return out
 
 
-def busy(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
-    """Mean utilisation over [start, end] (None without samples there)."""
-    inside = [u for t, u in samples if start <= t <= end]
-    return sum(inside) / len(inside) if inside else None
+def busy(samples: list[tuple[float, int, float]], start: float, end: float) -> dict[int, float]:
+    """Mean utilisation per GPU index over [start, end] (GPUs without samples there are left out)."""
+    per: dict[int, list[float]] = {}
+    for t, gpu, u in samples:
+        if start <= t <= end:
+            per.setdefault(gpu, []).append(u)
+    return {gpu: sum(us) / len(us) for gpu, us in sorted(per.items())}
 
 
 def _f(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def row(report: dict[str, Any], samples: list[tuple[float, float]]) -> str:
+def row(report: dict[str, Any], samples: list[tuple[float, int, float]]) -> str:
     st, agg = report["settings"], report["aggregate"]
     label = report.get("label") or ""
     lipar = "off" if "LIPAR-off" in label else "on"
@@ -69,7 +77,7 @@ def row(report: dict[str, Any], samples: list[tuple[float, float]]) -> str:
         f"{_f(agg.get('received_fps_total'))} | {_f(agg.get('dropped_pct_mean'))} | "
         f"{_f(lat.get('p50'), 0)} / {_f(lat.get('p95'), 0)} | {_f(agg.get('ttff_ms_max'), 0)} "
         f"({_f(agg.get('connect_ms_max'), 0)}) | {_f(min(shares) if shares else None, 3)} | "
-        f"{_f(agg.get('block_ratio_max'), 2)} | {_f(prune, 2)} | {_f(gpu, 0)} |"
+        f"{_f(agg.get('block_ratio_max'), 2)} | {_f(prune, 2)} | {' / '.join(f'{u:.0f}' for u in gpu.values()) or '-'} |"
     )
 
 
@@ -85,15 +93,20 @@ def main() -> int:
     lines = [
         "| run | s | sessions | clips | LIPAR | received fps per session (min / mean) | together | dropped % | "
         "latency p50 / p95 ms | TTFF max ms (connect) | gaps < 2x mean (min share) | block max / p50 | "
-        "prune ratio | GPU busy % |",
+        "prune ratio | GPU busy % (per GPU) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     reports = []
     for path in sorted(args.runs.glob("*.json")):
         try:
-            reports.append(json.loads(path.read_text()))
+            report = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             log.warning("skipping %s: %s", path, e)
+            continue
+        if isinstance(report, dict) and "wall_start" in report and "aggregate" in report:
+            reports.append(report)
+        else:
+            log.warning("skipping %s: not a lipar-loadtest report", path)
     for r in sorted(reports, key=lambda r: r["wall_start"]):
         lines.append(row(r, samples))
     if args.server_log is not None and args.server_log.is_file():

@@ -305,8 +305,8 @@ def run_bench(
         lipar = LiparConfig(**{**cfg.lipar, **VARIANTS[name]})
         ed = StreamEditor(models, PROMPT, seed=seed, lipar=lipar)
         if dev.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
         for _ in range(warmup):  # warm-up: kernels, allocator, CUDA graph capture for the buckets seen
             for frames in clips.values():
                 run_clip(ed, frames)
@@ -348,7 +348,7 @@ def run_bench(
         agg["changed_tokens"] = changed
         agg.update(wall_summary(per_clip))
         if dev.type == "cuda":
-            agg["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            agg["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
         if name != "window":
             agg["psnr_frames_db"] = float(np.mean([c["psnr_frames_db"] for c in per_clip.values()]))
             agg["psnr_latents_db"] = float(np.mean([c["psnr_latents_db"] for c in per_clip.values()]))

@@ -32,7 +32,7 @@ from lipar_core.protocol import BlockStats as BlockStats  # the one stats type, 
 from lipar_core.protocol import Transition as Transition
 from lipar_core.scheduler import make_step_list
 from lipar_core.text.style_encoder import StyleTextEncoder
-from lipar_core.timing import StageHandle, StageTimer
+from lipar_core.timing import StageHandle, StageTimer, on_device
 from lipar_core.video_io import fit_frames
 
 if TYPE_CHECKING:
@@ -307,6 +307,11 @@ class StreamEditor:
         """
         if self.graphs is None:
             return 0
+        with on_device(self.device):
+            return self._prepare_graphs(progress)
+
+    def _prepare_graphs(self, progress: Callable[[int, int], None] | None) -> int:
+        assert self.graphs is not None
         g = torch.Generator().manual_seed(0)
         shape = (self.frames_per_block, self.height, self.width, 3)
         self._restart()
@@ -392,7 +397,14 @@ class StreamEditor:
         Stages, in order: :meth:`_encode_stage` (frames -> latents and LIPAR mask), :meth:`_blend_prompt`,
         :meth:`_denoise` (the denoising passes and the clean KV-cache pass), :meth:`_decode_stage`, then
         :meth:`_finish_block` (stats and counters).
+
+        Runs with the editor's device current (the caller's current device may be another GPU), so "the current
+        stream" above is always this device's.
         """
+        with on_device(self.device):
+            return self._submit_block(frames, mask)
+
+    def _submit_block(self, frames: torch.Tensor, mask: torch.Tensor | None) -> BlockTicket:
         self._apply_pending()
         if self.passing_through:
             return self._pass_through(frames)

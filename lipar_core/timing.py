@@ -1,15 +1,25 @@
 """Per-stage timers for the block loop: CUDA events on the GPU (no host sync until the block ends),
-``perf_counter`` on the CPU."""
+``perf_counter`` on the CPU; and :func:`on_device`, which makes a CUDA device current for a stretch of work."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import NamedTuple
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, NamedTuple
 
 import torch
+
+
+def on_device(device: torch.device) -> AbstractContextManager[Any]:
+    """Make ``device`` the current CUDA device inside the ``with`` (nothing for a CPU device).
+
+    Whatever names no device follows the current one: ``torch.cuda.current_stream()``, event records, CUDA graph
+    capture streams, cuDNN's handles. Work for ``cuda:1`` in a process whose current device is ``cuda:0`` must
+    run inside this, or it records, captures or synchronises on the wrong GPU.
+    """
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 class StageHandle(NamedTuple):
@@ -29,12 +39,13 @@ class StageTimer:
     """
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.cuda = device.type == "cuda"
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._ms: dict[str, float] = {}
 
     def start(self, name: str) -> StageHandle:
-        """Open stage ``name`` now (on the current CUDA stream); close it with :meth:`stop`, possibly after
+        """Open stage ``name`` now (on the timer's device's current CUDA stream); close it with :meth:`stop`, possibly after
         switching streams (a stage that starts on one stream and ends on another spans both). Under
         ``torch.profiler`` the stage also shows as a ``stage:NAME`` range."""
         profiled = None
@@ -43,7 +54,7 @@ class StageTimer:
             profiled.__enter__()
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev.record(torch.cuda.current_stream(self.device))
             return StageHandle(name, ev, profiled)
         return StageHandle(name, time.perf_counter(), profiled)
 
@@ -53,7 +64,7 @@ class StageTimer:
             handle.profiled.__exit__(None, None, None)
         if isinstance(handle.begun, torch.cuda.Event):
             end = torch.cuda.Event(enable_timing=True)
-            end.record()
+            end.record(torch.cuda.current_stream(self.device))
             self._events.append((handle.name, handle.begun, end))
         else:
             self._ms[handle.name] = (
@@ -70,9 +81,10 @@ class StageTimer:
     def finish(self) -> dict[str, float]:
         """Milliseconds per stage (waits for every stage's end on CUDA)."""
         if self.cuda and self._events:
-            for name, s, e in self._events:
-                e.synchronize()
-                self._ms[name] = self._ms.get(name, 0.0) + s.elapsed_time(e)
+            with on_device(self.device):  # events of another device than the current one cannot be read
+                for name, s, e in self._events:
+                    e.synchronize()
+                    self._ms[name] = self._ms.get(name, 0.0) + s.elapsed_time(e)
             self._events.clear()
         return dict(self._ms)
 

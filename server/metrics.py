@@ -25,6 +25,9 @@ several nodes in one process) never collide. Exposed at ``GET /metrics``.
 | ``lipar_workers_failed`` | gauge | workers given up after ``LIPAR_WORKER_MAX_START_FAILURES`` failed starts in a row |
 | ``lipar_worker_settled_rss_bytes{worker}`` | gauge | a worker's resident size between blocks, after a heap trim |
 | ``lipar_worker_busy_ratio{worker}`` | gauge | fraction of wall time (over about the last second) a worker was not idle-waiting |
+| ``lipar_worker_info{worker,device}`` | gauge | 1 per worker: which device it runs on (join the ``{worker}`` series on it) |
+| ``lipar_worker_sessions{worker,device}`` | gauge | sessions placed on a worker now (a session stays on its worker for its life) |
+| ``lipar_worker_device_memory_bytes{worker,device,kind}`` | gauge | a GPU worker's device memory: ``allocated`` (its tensors), ``reserved`` (its caching allocator), ``used`` (the whole card, every process), ``total`` (the card); about once a second |
 | ``lipar_recordings_total{state}`` | counter | recordings finished on this node: ``done``, ``truncated`` (size limit), ``failed`` |
 | ``lipar_recording_bytes_total`` | counter | bytes of the recordings finished on this node |
 | ``lipar_recording_frames_dropped_total`` | counter | edited frames not recorded (the recorder's queue was full) |
@@ -130,6 +133,18 @@ class Metrics:
             "lipar_worker_busy_ratio",
             "Fraction of wall time a worker was not idle-waiting for work (about the last second)",
             ["worker"],
+            registry=r,
+        )
+        self.worker_info = Gauge(
+            "lipar_worker_info", "1 per worker: the device it runs on", ["worker", "device"], registry=r
+        )
+        self.worker_sessions = Gauge(
+            "lipar_worker_sessions", "Sessions placed on a worker now", ["worker", "device"], registry=r
+        )
+        self.worker_device_memory = Gauge(
+            "lipar_worker_device_memory_bytes",
+            "A GPU worker's device memory: allocated, reserved (its allocator), used (the whole card), total",
+            ["worker", "device", "kind"],
             registry=r,
         )
         self.event_loop_lag = Histogram(

@@ -609,9 +609,12 @@ class PruneMasker:
             consts = self._constants(src.device)
             if self.compile:
                 fn(self._src_static, self._hist, self.params, *consts)
-                torch.cuda.current_stream().synchronize()
+                torch.cuda.current_stream(src.device).synchronize()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            # captured on the source's device and a stream of it, whatever the current device is (see
+            # GraphedDiT._capture)
+            side = torch.cuda.Stream(src.device)
+            with torch.cuda.device(src.device), torch.cuda.graph(g, stream=side):
                 out, state = fn(self._src_static, self._hist, self.params, *consts)
                 for dst, new in zip(self._hist, state, strict=True):
                     assert dst is not None and new is not None

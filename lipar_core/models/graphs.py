@@ -81,7 +81,15 @@ class GraphedDiT:
         # key -> (graph, its output)
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._warm = False
-        self._pool: Any = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
+        self._pool: Any = None
+        # Captures run on a stream of this runner's own: torch.cuda.graph's default capture stream is made once
+        # per process on whatever device was current then, so a process with runners on two GPUs would capture
+        # one of them on the other GPU's stream.
+        self._capture_stream: torch.cuda.Stream | None = None
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                self._pool = torch.cuda.graph_pool_handle()
+            self._capture_stream = torch.cuda.Stream(self.device)
         self.replays = 0
         self.captures = 0
 
@@ -272,7 +280,12 @@ class GraphedDiT:
             self._graphs.pop(next(iter(self._graphs)))
         g = torch.cuda.CUDAGraph()
         has_prev = cache.has_prev
-        with torch.cuda.graph(g, pool=self._pool):
+        # on this runner's device and stream, whatever the current device is (cuDNN refuses to run a capture
+        # on another device's stream)
+        with (
+            torch.cuda.device(self.device),
+            torch.cuda.graph(g, pool=self._pool, stream=self._capture_stream),
+        ):
             out = self.dit.forward_block(
                 self._x, ts, cache, cross, ctx, keep, recovery, memory, prefill, time_embedding=temb
             )

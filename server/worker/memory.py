@@ -16,6 +16,10 @@ import os
 import time
 from collections.abc import Callable
 
+import torch
+
+from server.worker.messages import DeviceMemory
+
 log = logging.getLogger("server.worker")
 
 
@@ -26,6 +30,25 @@ def resident_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def device_memory(device: str | torch.device) -> DeviceMemory | None:
+    """The device memory of a CUDA ``device`` as this worker and the card see it (None for any other device).
+
+    ``torch.cuda.memory_allocated`` / ``memory_reserved`` are host-side counters of the caching allocator and
+    ``mem_get_info`` is one driver query: none of them waits for the device, so the worker may call this between
+    blocks while the previous block's work is still queued.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(dev)
+    return DeviceMemory(
+        allocated=torch.cuda.memory_allocated(dev),
+        reserved=torch.cuda.memory_reserved(dev),
+        used=total - free,
+        total=total,
+    )
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

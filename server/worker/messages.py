@@ -169,6 +169,21 @@ class WorkerMemory:
 
 
 @dataclass(frozen=True)
+class DeviceMemory:
+    """A GPU worker's device memory, bytes (host-side counters and one driver query: no device sync).
+
+    ``allocated``: held by live tensors of this worker; ``reserved``: held by its caching allocator (what the
+    process keeps of the card, ``allocated`` included); ``used``: in use on the whole card by every process
+    (total minus free, as ``nvidia-smi`` counts it, CUDA contexts included); ``total``: the card's memory.
+    """
+
+    allocated: int
+    reserved: int
+    used: int
+    total: int
+
+
+@dataclass(frozen=True)
 class WorkerLoad:
     """How busy the worker was since its previous report; also the worker's heartbeat.
 
@@ -179,12 +194,14 @@ class WorkerLoad:
 
     ``busy_ratio``: the fraction of the ``interval_s`` seconds of wall time the worker was NOT idle-waiting for
     messages (0..1): blocks, controls, copies and their overheads all count as busy. ``blocks``: blocks it
-    finished in that interval (delivered or failed).
+    finished in that interval (delivered or failed). ``memory``: the device memory of a GPU worker at the
+    report (None on a CPU).
     """
 
     busy_ratio: float
     blocks: int
     interval_s: float
+    memory: DeviceMemory | None = None
 
 
 @dataclass(frozen=True)

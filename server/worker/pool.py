@@ -34,8 +34,14 @@ not run while a worker loads its model: that is ``start_timeout_s``'s job. Per-w
 ``restarting`` (waiting out the back-off), ``failed`` (given up), ``stopped``.
 
 Workers report their load (:class:`~server.worker.messages.WorkerLoad`) about once a second: ``status()`` gives
-``busy`` (fraction of wall time not idle-waiting) and ``blocks_per_s`` per worker, and the gauge
-``lipar_worker_busy_ratio{worker}`` follows it. The pool also runs the event-loop lag probe
+``busy`` (fraction of wall time not idle-waiting), ``blocks_per_s`` and, on a GPU, ``memory_mb`` (allocated,
+reserved, used on the card, total) per worker; the gauges ``lipar_worker_busy_ratio{worker}`` and
+``lipar_worker_device_memory_bytes{worker,device,kind}`` follow it, and ``lipar_worker_sessions{worker,device}``
+follows placement.
+
+Placement: a new session goes to the ready worker with the fewest sessions that has room (the lowest index on a
+tie), so sessions fill the devices evenly, and it stays there for its life (its editor state lives in that
+process); a session whose worker dies fails with the reason instead of moving. The pool also runs the event-loop lag probe
 (:class:`~server.metrics.LoopLagProbe`) from :meth:`start` to :meth:`stop`: it is the server-process part that
 lives exactly as long as the loop serves sessions.
 """
@@ -163,10 +169,18 @@ class _Worker:
     settled_rss_bytes: int | None = None
     busy: float | None = None  # fraction of wall time not idle-waiting, last report
     blocks_per_s: float | None = None  # blocks finished per second, last report
+    memory: m.DeviceMemory | None = None  # a GPU worker's device memory, last report
     reader: threading.Thread | None = None
     warmup: m.WorkerProgress = field(default_factory=lambda: m.WorkerProgress("starting", 0, 0))
     #: input rate one session sustains, measured at this device's latest warm-up (kept across restarts), fps
     input_fps: float | None = None
+
+
+def _memory_mb(mem: m.DeviceMemory | None) -> dict[str, float] | None:
+    """``/readyz``'s ``memory_mb`` of a worker: its device memory in MiB (None on a CPU or before a report)."""
+    if mem is None:
+        return None
+    return {k: round(getattr(mem, k) / 2**20, 1) for k in ("allocated", "reserved", "used", "total")}
 
 
 BlockCallback = Callable[[str, m.BlockDone, np.ndarray], None]
@@ -222,6 +236,9 @@ class WorkerPool:
         for d in devices:
             metrics.worker_restarts.labels(device=d)
             metrics.worker_hangs.labels(device=d)
+        for w in self.workers:
+            metrics.worker_info.labels(worker=str(w.index), device=w.device).set(1)
+            metrics.worker_sessions.labels(worker=str(w.index), device=w.device).set(0)
         self._ctx = mp.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: dict[str, _Worker] = {}
@@ -326,6 +343,7 @@ class WorkerPool:
                     round(w.settled_rss_bytes / 2**20, 1) if w.settled_rss_bytes is not None else None
                 ),
                 "busy": round(w.busy, 3) if w.busy is not None else None,
+                "memory_mb": _memory_mb(w.memory),
                 "blocks_per_s": round(w.blocks_per_s, 2) if w.blocks_per_s is not None else None,
                 "warmup": {"stage": w.warmup.stage, "done": w.warmup.done, "total": w.warmup.total},
                 "input_fps": w.input_fps,
@@ -391,6 +409,7 @@ class WorkerPool:
             return False
         w = min(candidates, key=lambda w: (len(w.sessions), w.index))
         w.sessions.add(session_id)
+        self._sessions_changed(w)
         self._owner[session_id] = w
         self._slots[session_id] = set()
         self._send(w, m.OpenSession(session_id, prompt, seed, strength, steps, lipar))
@@ -402,6 +421,7 @@ class WorkerPool:
         if w is None:
             return
         w.sessions.discard(session_id)
+        self._sessions_changed(w)
         self._send(w, m.CloseSession(session_id))
 
     def control(self, session_id: str, msg: m.SetPrompt | m.SetParams) -> bool:
@@ -453,6 +473,7 @@ class WorkerPool:
         w.ready_at = None
         w.settled_rss_bytes = None
         w.busy = w.blocks_per_s = None
+        w.memory = None
         w.warmup = m.WorkerProgress("starting", 0, 0)
         w.ctrl, w.results = self._ctx.Queue(), self._ctx.Queue()
         w.proc = self._ctx.Process(
@@ -595,6 +616,16 @@ class WorkerPool:
             w.busy = msg.busy_ratio
             w.blocks_per_s = msg.blocks / msg.interval_s if msg.interval_s > 0 else 0.0
             self.metrics.worker_busy.labels(worker=str(w.index)).set(msg.busy_ratio)
+            if msg.memory is not None:
+                w.memory = msg.memory
+                for kind in ("allocated", "reserved", "used", "total"):
+                    self.metrics.worker_device_memory.labels(
+                        worker=str(w.index), device=w.device, kind=kind
+                    ).set(getattr(msg.memory, kind))
+
+    def _sessions_changed(self, w: _Worker) -> None:
+        """The gauge of sessions placed on ``w`` follows its set."""
+        self.metrics.worker_sessions.labels(worker=str(w.index), device=w.device).set(len(w.sessions))
 
     def _free(self, w: _Worker, session_id: str, slots: tuple[int, ...]) -> None:
         owned = self._slots.get(session_id)
@@ -649,6 +680,7 @@ class WorkerPool:
             self._owner.pop(sid, None)
             self._slots.pop(sid, None)
         w.sessions.clear()
+        self._sessions_changed(w)
         return lost
 
     def _not_serving(self, w: _Worker, state: str) -> None:

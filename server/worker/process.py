@@ -26,6 +26,7 @@ limit, ``LIPAR_WORKER_START_TIMEOUT_S``): the beats start after ``WorkerReady``.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -41,7 +42,7 @@ from lipar_core.protocol import BlockEditor, BlockStats, SubmittedBlock
 from server.worker import messages as m
 from server.worker.editors import make_factory
 from server.worker.ipc import FrameSlab
-from server.worker.memory import HeapTrimmer, resident_bytes
+from server.worker.memory import HeapTrimmer, device_memory, resident_bytes
 
 log = logging.getLogger("server.worker")
 
@@ -75,14 +76,16 @@ class LoadMeter:
         """The loop spent ``seconds`` waiting for a message with nothing to do."""
         self.idle_s += seconds
 
-    def report(self) -> m.WorkerLoad | None:
-        """A report once ``interval_s`` has passed since the previous one (then the counters restart)."""
+    def report(self, memory: Callable[[], m.DeviceMemory | None] | None = None) -> m.WorkerLoad | None:
+        """A report once ``interval_s`` has passed since the previous one (then the counters restart);
+        ``memory`` (called only when a report is due) gives its device memory."""
         now = self._clock()
         dt = now - self._t0
         if dt < self.interval_s:
             return None
         busy = min(1.0, max(0.0, 1.0 - self.idle_s / dt))
-        msg = m.WorkerLoad(busy_ratio=busy, blocks=self.blocks, interval_s=dt)
+        mem = memory() if memory is not None else None
+        msg = m.WorkerLoad(busy_ratio=busy, blocks=self.blocks, interval_s=dt, memory=mem)
         self._t0, self.idle_s, self.blocks = now, 0.0, 0
         return msg
 
@@ -142,6 +145,7 @@ class WorkerLoop:
         self.overlap: bool = torch.device(device).type == "cuda"
         self.inflight: _InFlight | None = None
         self.load = LoadMeter(heartbeat_interval_s)
+        self._device_memory = functools.partial(device_memory, device)
 
     def _progress(self, stage: str, done: int, total: int) -> None:
         """The factory's warm-up progress, to the pool (:class:`~server.worker.messages.WorkerProgress`)."""
@@ -177,8 +181,8 @@ class WorkerLoop:
 
     def _report_load(self) -> None:
         """Between blocks and after idle waits, every heartbeat interval: the busy fraction and blocks since the
-        last report (the worker's heartbeat)."""
-        msg = self.load.report()
+        last report, and a GPU's memory (the worker's heartbeat)."""
+        msg = self.load.report(self._device_memory)
         if msg is not None:
             self.results.put(msg)
 
@@ -381,6 +385,10 @@ def worker_main(
         torch.set_num_interop_threads(1)
         log.info("worker %d: %d torch thread(s)", index, threads)
     try:
+        if torch.device(device).type == "cuda":
+            # this process serves one GPU: make it the current device, so that whatever allocates, captures or
+            # creates a stream without naming a device (torch, cuDNN, compiled kernels) lands on it, not on cuda:0
+            torch.cuda.set_device(torch.device(device))
         loop = WorkerLoop(factory_path, config, device, ctrl, results, heartbeat_interval_s)
     except Exception as e:
         log.exception("worker %d could not start", index)

@@ -48,9 +48,11 @@ async def readyz(
     ``checks`` (with the bearer token when ``LIPAR_API_TOKEN`` is set, or ``LIPAR_READYZ_DETAILS_PUBLIC=true``;
     empty otherwise): the store, and per worker its ``state`` (``starting``, ``ready``, ``hung``,
     ``restarting``, ``failed``: given up after failing to start ``LIPAR_WORKER_MAX_START_FAILURES`` times in a
-    row, ``stopped``), ``pid``, ``last_error``, ``heartbeat_age_s``, its load over about the last second:
-    ``busy`` (fraction of wall time it was not idle-waiting for work, 0..1) and ``blocks_per_s`` (null until
-    its first report), ``warmup``: ``{stage, done, total}`` of its start (``starting``, ``loading``,
+    row, ``stopped``), ``device``, ``sessions`` placed on it of its ``capacity``, ``pid``, ``last_error``,
+    ``heartbeat_age_s``, its load over about the last second: ``busy`` (fraction of wall time it was not
+    idle-waiting for work, 0..1) and ``blocks_per_s`` (null until its first report), ``memory_mb`` on a GPU
+    (``allocated`` by its tensors, ``reserved`` by its allocator, ``used`` on the whole card, ``total``; null on a
+    CPU), ``warmup``: ``{stage, done, total}`` of its start (``starting``, ``loading``,
     ``compiling`` n of m warm-up blocks and ``capturing`` n of m CUDA graphs on a GPU, ``measuring`` n of m timed
     blocks, ``ready``), and ``input_fps``: the input rate one session sustains on it, measured at its warm-up
     (null before; ``GET /v1/model`` gives everyone the minimum over the workers).
