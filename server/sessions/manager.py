@@ -157,7 +157,7 @@ class SessionManager:
                 if not self.pool.ready:
                     raise NoCapacity("the model is still loading; retry shortly", retry_after_s=5)
                 raise NoCapacity(
-                    f"all {self.pool.total_capacity()} session slots of this node are busy; retry later",
+                    f"all {self.pool.serving_capacity()} session slots of this node are busy; retry later",
                     retry_after_s=10,
                 )
             node_id, base_url = str(other["node_id"]), str(other["public_url"]).rstrip("/")

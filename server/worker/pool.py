@@ -20,7 +20,8 @@ started: at once after a single failure, then with exponential back-off (1 s, 2 
 :data:`STABLE_S` starts the count afresh). A worker that fails to *start* (exits, or misses
 ``start_timeout_s``, before its model is loaded) ``max_start_failures`` times in a row is given up: its state
 is ``failed``, ``/readyz`` reports it with its last error and it is not started again until the server restarts
-(a preset that cannot load must not spin forever).
+(a preset that cannot load must not spin forever). The node keeps serving on its other workers
+(:attr:`WorkerPool.ready`): one GPU that cannot start does not take the others' sessions away.
 
 Liveness: a ready worker's main loop sends its load report (:class:`~server.worker.messages.WorkerLoad`, the
 heartbeat) about every second, a quarter of the limit when that is shorter (:mod:`server.worker.process`); the
@@ -163,6 +164,7 @@ class _Worker:
     restarts: int = 0
     state: str = "starting"  # starting | ready | hung | restarting | failed | stopped (see the module doc)
     ready_at: float | None = None  # when this process reported its model loaded (None: not yet)
+    served: bool = False  # some process of this worker has been ready since the pool started (never reset)
     last_seen: float = 0.0  # monotonic time the reader received this process's latest message
     failures_in_row: int = 0  # exits without a healthy stretch of STABLE_S in between (back-off)
     start_failures: int = 0  # exits before the model loaded, in a row (give up at max_start_failures)
@@ -266,7 +268,7 @@ class WorkerPool:
             self._liveness = self._loop.create_task(self._check_liveness(), name="worker-liveness")
 
     async def wait_ready(self, timeout: float) -> bool:
-        """Wait until every worker has loaded its model (or ``timeout`` seconds)."""
+        """Wait until the node is :attr:`ready` (or ``timeout`` seconds)."""
         try:
             await asyncio.wait_for(self._ready_event.wait(), timeout)
         except TimeoutError:
@@ -315,8 +317,17 @@ class WorkerPool:
 
     @property
     def ready(self) -> bool:
-        """Every worker has its model loaded (and none is hung, restarting or given up)."""
-        return all(w.ready for w in self.workers)
+        """The node serves: its start is over (every worker has been ready at least once, or was given up
+        after ``max_start_failures`` failed starts) and at least one worker is ready now.
+
+        So a node of several devices whose other workers are restarting, hung or given up keeps serving on the
+        ready ones, with less capacity (``/readyz``'s ``checks.workers`` says which are not serving), instead of
+        leaving every GPU of the host idle; a node of one worker is ready exactly when its worker is. While the
+        workers first start, the node is not ready until each has loaded or been given up, so the first sessions
+        are placed over all of them.
+        """
+        started = all(w.served or w.state == "failed" for w in self.workers)
+        return started and any(w.ready for w in self.workers)
 
     def status(self) -> list[dict[str, Any]]:
         """Per-worker state for ``/readyz``.
@@ -387,6 +398,10 @@ class WorkerPool:
     def total_capacity(self) -> int:
         """Sessions this node admits when every worker is ready."""
         return self.capacity * len(self.workers)
+
+    def serving_capacity(self) -> int:
+        """Sessions this node admits on the workers ready now."""
+        return self.capacity * sum(w.ready for w in self.workers)
 
     def geometry_of(self, session_id: str) -> Geometry:
         """Block geometry of the worker serving ``session_id``."""
@@ -654,7 +669,7 @@ class WorkerPool:
             w.input_fps = msg.input_fps
         w.free_slots = list(range(n_slots))
         self._send(w, m.AttachSlab(w.slab.name, n_slots, slot_frames))
-        w.ready = True
+        w.ready = w.served = True
         w.state = "ready"
         w.warmup = m.WorkerProgress("ready", 1, 1)
         w.ready_at = w.last_seen = time.monotonic()
@@ -684,10 +699,22 @@ class WorkerPool:
         return lost
 
     def _not_serving(self, w: _Worker, state: str) -> None:
-        """``w`` no longer serves (``state`` says why): readiness and the gauges follow."""
+        """``w`` no longer serves (``state`` says why): readiness and the gauges follow (the node stays ready
+        while another worker serves, see :attr:`ready`)."""
         w.ready = False
         w.state = state
-        self._ready_event.clear()
+        if self.ready:
+            self._ready_event.set()  # a worker given up may end the start: the others serve
+            if state == "failed":
+                log.warning(
+                    "worker %d on %s given up: this node serves on %d of %d workers",
+                    w.index,
+                    w.device,
+                    sum(x.ready for x in self.workers),
+                    len(self.workers),
+                )
+        else:
+            self._ready_event.clear()
         self.metrics.workers_up.set(sum(x.ready for x in self.workers))
         self.metrics.workers_failed.set(sum(x.state == "failed" for x in self.workers))
 

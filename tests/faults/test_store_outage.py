@@ -380,6 +380,9 @@ class FakePool:
     def total_capacity(self) -> int:
         return self.capacity
 
+    def serving_capacity(self) -> int:
+        return self.capacity
+
 
 class FlakyStore(MemoryStore):
     """The in-memory store, unavailable (every call raises :class:`StoreUnavailable`) while ``down``."""

@@ -1,6 +1,7 @@
 """Placement over several workers, with two REAL tiny workers on the CPU standing in for two GPUs: sessions fill
 the workers evenly, each stays on its worker for its life (a dead worker loses exactly its own sessions, the
-other worker's keep streaming), and ``/readyz``'s per-worker figures and the per-worker gauges follow."""
+other worker's keep streaming, and the node stays ready meanwhile), a worker that cannot start at all leaves the
+node serving on the other, and ``/readyz``'s per-worker figures and the per-worker gauges follow."""
 
 from __future__ import annotations
 
@@ -91,6 +92,8 @@ async def test_sessions_fill_workers_evenly_and_stay_on_theirs(two, block) -> No
         await col.wait(lambda: bool(col.lost), timeout=30)
         lost, reason = col.lost[-1]
         assert lost == {"d", "e"} and "worker 1" in reason, (lost, reason)
+        # the node keeps serving on worker 0 while worker 1 restarts (its start takes seconds: not ready yet)
+        assert not pool.status()[1]["ready"] and pool.ready
         opened = [s for s in opened if s not in lost]
         assert pool.submit("f", 1, block)
         await col.wait(lambda: len(col.out["f"]) == 2, timeout=60)
@@ -131,3 +134,29 @@ async def test_device_memory_reaches_readyz_and_the_gauges(two) -> None:
     # a report from a previous process of the worker (an older generation) changes nothing
     pool._dispatch(w0, w0.generation - 1, m.WorkerLoad(0.5, 4, 1.0, m.DeviceMemory(1, 1, 1, 1)))
     assert pool.status()[0]["memory_mb"]["reserved"] == 5120.0
+
+
+async def test_a_worker_that_cannot_start_leaves_the_node_serving_on_the_others(block) -> None:
+    """One device of two cannot start (here ``cuda:7`` on a machine without it): after its failed starts it is
+    given up, and the node becomes ready on the other worker with that worker's slots only; the given-up worker
+    is in ``/readyz`` with its error. The node is not ready before the start is over."""
+    pool = WorkerPool(
+        "tiny-random", ["cpu", "cuda:7"], 1, Metrics(), threads=1, max_start_failures=2, backoff_max_s=0.2
+    )
+    col = Collector(pool)
+    await pool.start()
+    try:
+        assert await pool.wait_ready(180), pool.status()
+        w0, w1 = pool.status()
+        # ready only once the start is over: worker 1 is given up by then, not still starting
+        assert w0["state"] == "ready" and w1["state"] == "failed", (w0, w1)
+        assert w1["start_failures"] == 2 and "cuda" in (w1["last_error"] or "").lower(), w1
+        assert pool.serving_capacity() == 1 and pool.total_capacity() == 2
+        assert _gauge(pool, "lipar_workers_failed") == 1
+        assert pool.open_session("only", "a watercolor painting", 0, None, None)
+        assert not pool.open_session("more", "a watercolor painting", 0, None, None)  # worker 1 takes none
+        assert pool.submit("only", 0, block)
+        await col.wait(lambda: len(col.out.get("only", [])) == 1, timeout=120)
+        pool.close_session("only")
+    finally:
+        await pool.stop()

@@ -43,7 +43,10 @@ async def healthz(settings: SettingsDep) -> Health:
 async def readyz(
     request: Request, settings: SettingsDep, manager: ManagerDep, credentials: CredentialsDep
 ) -> JSONResponse:
-    """Ready to serve sessions: every worker has its model loaded and answers, and the store answers; else 503.
+    """Ready to serve sessions: the workers' start is over and at least one worker has its model loaded and
+    answers, and the store answers; else 503. A node of several devices stays ready while some of its workers
+    restart or were given up (fewer slots; ``checks.workers`` says which), so one broken GPU does not idle the
+    others; a node of one worker is ready exactly when it is.
 
     ``checks`` (with the bearer token when ``LIPAR_API_TOKEN`` is set, or ``LIPAR_READYZ_DETAILS_PUBLIC=true``;
     empty otherwise): the store, and per worker its ``state`` (``starting``, ``ready``, ``hung``,
