@@ -40,8 +40,8 @@ reserved, used on the card, total) per worker; the gauges ``lipar_worker_busy_ra
 ``lipar_worker_device_memory_bytes{worker,device,kind}`` follow it, and ``lipar_worker_sessions{worker,device}``
 follows placement.
 
-Placement: a new session goes to the ready worker with the fewest sessions that has room (the lowest index on a
-tie), so sessions fill the devices evenly, and it stays there for its life (its editor state lives in that
+Placement: a new session goes to the ready worker with the fewest sessions that has room (on a tie the least
+busy to a tenth, then the lowest index), so sessions fill the devices evenly, and it stays there for its life (its editor state lives in that
 process); a session whose worker dies fails with the reason instead of moving. The pool also runs the event-loop lag probe
 (:class:`~server.metrics.LoopLagProbe`) from :meth:`start` to :meth:`stop`: it is the server-process part that
 lives exactly as long as the loop serves sessions.
@@ -418,11 +418,13 @@ class WorkerPool:
         steps: int | None,
         lipar: dict[str, Any] | None = None,
     ) -> bool:
-        """Place the session on the least-loaded ready worker with room; False when none has room."""
+        """Place the session on the ready worker with room that has the fewest sessions; among those, the least
+        busy by its last load report, to a tenth (sessions differ in cost: a moving camera prunes less; idle
+        workers' few thousandths are a tie), then the lowest index. False when none has room."""
         candidates = [w for w in self.workers if w.ready and len(w.sessions) < self.capacity]
         if not candidates:
             return False
-        w = min(candidates, key=lambda w: (len(w.sessions), w.index))
+        w = min(candidates, key=lambda w: (len(w.sessions), round(w.busy or 0.0, 1), w.index))
         w.sessions.add(session_id)
         self._sessions_changed(w)
         self._owner[session_id] = w

@@ -110,6 +110,24 @@ async def test_sessions_fill_workers_evenly_and_stay_on_theirs(two, block) -> No
             pool.close_session(sid)
 
 
+async def test_a_tie_goes_to_the_less_busy_worker(two) -> None:
+    """With as many sessions on each worker, the next one goes to the worker whose last load report was less busy
+    (its sessions cost more: e.g. a moving camera), not simply to the lower index."""
+    pool, _ = two
+    w0, w1 = pool.workers
+    try:
+        assert pool.open_session("x", "a watercolor painting", 0, None, None)
+        assert pool.open_session("y", "a watercolor painting", 1, None, None)
+        assert _placed(pool) == [1, 1]
+        # the last load reports as they are, within this event-loop turn (no report can land in between)
+        w0.busy, w1.busy = 0.9, 0.3
+        assert pool.open_session("z", "a watercolor painting", 2, None, None)
+        assert _placed(pool) == [1, 2]
+    finally:
+        for sid in ("x", "y", "z"):
+            pool.close_session(sid)
+
+
 async def test_device_memory_reaches_readyz_and_the_gauges(two) -> None:
     """A GPU worker's load report carries its device memory: ``/readyz`` gives it in MiB per worker and the
     gauges in bytes per kind; a CPU worker's report has none (null)."""
