@@ -66,7 +66,8 @@ def row(report: dict[str, Any], samples: list[tuple[float, int, float]]) -> str:
         for s in report["sessions"]
         if (s.get("client") or {}).get("gaps", {}).get("no_burst_share") is not None
     ]
-    gpu = busy(samples, report["wall_start"], report["wall_end"])
+    per_gpu = busy(samples, report["wall_start"], report["wall_end"])
+    gpu = " / ".join(f"{u:.0f}" for u in per_gpu.values()) or "-"
     ratios = [(s.get("server") or {}).get("prune_ratio") for s in report["sessions"]]
     known = [r for r in ratios if r is not None]
     prune = sum(known) / len(known) if known and lipar == "on" else None
@@ -77,7 +78,7 @@ def row(report: dict[str, Any], samples: list[tuple[float, int, float]]) -> str:
         f"{_f(agg.get('received_fps_total'))} | {_f(agg.get('dropped_pct_mean'))} | "
         f"{_f(lat.get('p50'), 0)} / {_f(lat.get('p95'), 0)} | {_f(agg.get('ttff_ms_max'), 0)} "
         f"({_f(agg.get('connect_ms_max'), 0)}) | {_f(min(shares) if shares else None, 3)} | "
-        f"{_f(agg.get('block_ratio_max'), 2)} | {_f(prune, 2)} | {' / '.join(f'{u:.0f}' for u in gpu.values()) or '-'} |"
+        f"{_f(agg.get('block_ratio_max'), 2)} | {_f(prune, 2)} | {gpu} |"
     )
 
 

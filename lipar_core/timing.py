@@ -45,8 +45,8 @@ class StageTimer:
         self._ms: dict[str, float] = {}
 
     def start(self, name: str) -> StageHandle:
-        """Open stage ``name`` now (on the timer's device's current CUDA stream); close it with :meth:`stop`, possibly after
-        switching streams (a stage that starts on one stream and ends on another spans both). Under
+        """Open stage ``name`` now (on the timer's device's current CUDA stream); close it with :meth:`stop`,
+        possibly after switching streams (a stage that starts on one stream and ends on another spans both). Under
         ``torch.profiler`` the stage also shows as a ``stage:NAME`` range."""
         profiled = None
         if torch.autograd.profiler._is_profiler_enabled:

@@ -41,16 +41,18 @@ reserved, used on the card, total) per worker; the gauges ``lipar_worker_busy_ra
 follows placement.
 
 Placement: a new session goes to the ready worker with the fewest sessions that has room (on a tie the least
-busy to a tenth, then the lowest index), so sessions fill the devices evenly, and it stays there for its life (its editor state lives in that
-process); a session whose worker dies fails with the reason instead of moving. The pool also runs the event-loop lag probe
-(:class:`~server.metrics.LoopLagProbe`) from :meth:`start` to :meth:`stop`: it is the server-process part that
-lives exactly as long as the loop serves sessions.
+busy to a tenth, then the lowest index), so sessions fill the devices evenly, and it stays there for its life
+(its editor state lives in that process); a session whose worker dies fails with the reason instead of moving.
+
+The pool also runs the event-loop lag probe (:class:`~server.metrics.LoopLagProbe`) from :meth:`start` to
+:meth:`stop`: it is the server-process part that lives exactly as long as the loop serves sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -182,7 +184,7 @@ def _memory_mb(mem: m.DeviceMemory | None) -> dict[str, float] | None:
     """``/readyz``'s ``memory_mb`` of a worker: its device memory in MiB (None on a CPU or before a report)."""
     if mem is None:
         return None
-    return {k: round(getattr(mem, k) / 2**20, 1) for k in ("allocated", "reserved", "used", "total")}
+    return {kind: round(n / 2**20, 1) for kind, n in dataclasses.asdict(mem).items()}
 
 
 BlockCallback = Callable[[str, m.BlockDone, np.ndarray], None]
@@ -635,10 +637,10 @@ class WorkerPool:
             self.metrics.worker_busy.labels(worker=str(w.index)).set(msg.busy_ratio)
             if msg.memory is not None:
                 w.memory = msg.memory
-                for kind in ("allocated", "reserved", "used", "total"):
+                for kind, n in dataclasses.asdict(msg.memory).items():
                     self.metrics.worker_device_memory.labels(
                         worker=str(w.index), device=w.device, kind=kind
-                    ).set(getattr(msg.memory, kind))
+                    ).set(n)
 
     def _sessions_changed(self, w: _Worker) -> None:
         """The gauge of sessions placed on ``w`` follows its set."""
