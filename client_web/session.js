@@ -196,6 +196,9 @@ async function teardown(app) {
   clearTimeout(st.timers.disc);
   clearTimeout(st.timers.patch);
   st.timers.poll = null;
+  // A GET of the session still in flight would find it closed once the connection goes (a 404 the browser
+  // logs as an error): let it answer first (at most its 5 s timeout).
+  if (st.pollRequest) await st.pollRequest;
   if (st.pc) {
     try {
       st.pc.close();
@@ -242,10 +245,10 @@ async function poll(app) {
   const session = st.session;
   const seq = st.offerSeq;
   if (!session) return;
-  const [srv, cli] = await Promise.all([
-    api.getSession(session.id).catch((e) => e),
-    readStats(st.pc).catch(() => null),
-  ]);
+  const request = api.getSession(session.id).catch((e) => e);
+  st.pollRequest = request;
+  const [srv, cli] = await Promise.all([request, readStats(st.pc).catch(() => null)]);
+  if (st.pollRequest === request) st.pollRequest = null;
   if (seq !== st.offerSeq) return;
   if (cli) {
     Object.assign(cli, windowed(st, cli));

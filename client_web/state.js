@@ -15,6 +15,7 @@ export function createState() {
     offerSeq: 0, // bumped by each connect/teardown: answers of an older attempt are ignored
     attempt: 0, // reconnection attempts since the last frame arrived
     timers: { retry: null, poll: null, disc: null, patch: null },
+    pollRequest: null, // session.js: the GET of the session in flight (teardown lets it answer first)
     pendingPrompt: null, // a prompt sent but not yet active in the session's stats
     framesSeen: false, // an edited frame was decoded on this connection
     connState: 'idle', // the status pill's state (status.js)
