@@ -7,6 +7,7 @@
 // wait for GET /v1/model, Start, read the camera, Stop.
 //   real:  the server's own input_fps (measured at its warm-up); edited frames arrive.
 //   fixed: GET /v1/model answered with input_fps 7 (routed): the camera is opened at 7.
+//          Stop runs while the page's GET of its session is held unanswered (stopWithPollInFlight).
 //   late:  the first GET /v1/model (on load) says null (a server still warming up), the next ones 9: the camera
 //          opens at the default 30, then the page re-reads the model once its session exists and applies 9 to
 //          the open track.
@@ -38,7 +39,7 @@ async function routeModel(page, rateFor) {
   });
 }
 
-async function run(context, tag, setup, { frames = false } = {}) {
+async function run(context, tag, setup, { frames = false, holdPoll = false } = {}) {
   const page = await context.newPage();
   page.on('console', (msg) => {
     if (msg.type() === 'error') result.console_errors.push(`${tag}: ${msg.text()}`);
@@ -75,8 +76,42 @@ async function run(context, tag, setup, { frames = false } = {}) {
     return { done: c.requestedFps === target && c.settings && c.settings.frameRate <= target + 0.01, target, ...c };
   });
   out.final.first_model_input_fps = want;
-  await page.evaluate(() => window.__lipar.stop());
+  if (holdPoll) out.stop_with_poll_in_flight = await stopWithPollInFlight(page, out.session.id);
+  else await page.evaluate(() => window.__lipar.stop());
   await page.close();
+  return out;
+}
+
+// Stop while the page's GET of its session is unanswered (held here): the page keeps the connection (and so
+// the session) until that GET answers, so the GET finds the session (200), not the 404 of a session its
+// closed track already ended (which Chromium logs as a console error).
+async function stopWithPollInFlight(page, id) {
+  let release;
+  const held = new Promise((resolve) => {
+    release = resolve;
+  });
+  const pollStatus = new Promise((resolve) => {
+    page.on('response', (r) => {
+      if (r.request().method() === 'GET' && r.url().endsWith(`/v1/sessions/${id}`)) resolve(r.status());
+    });
+  });
+  let holding = false;
+  await page.route(`**/v1/sessions/${id}`, async (route) => {
+    if (route.request().method() !== 'GET' || holding) return route.continue();
+    holding = true;
+    await new Promise((resolve) => release(resolve));
+    await route.continue();
+  });
+  const unhold = await held; // the next poll (1 s) is held
+  const stopping = page.evaluate(() => window.__lipar.stop());
+  const out = {};
+  // Stop is under way (it awaits the held GET): the page still holds its session, and so does the server
+  out.page_session_kept = await page.evaluate(() => Boolean(window.__lipar.session()));
+  out.server_status = (await fetch(`${url}/v1/sessions/${id}`)).status;
+  unhold();
+  await stopping;
+  out.poll_status = await pollStatus;
+  out.page_session_after_stop = await page.evaluate(() => window.__lipar.session());
   return out;
 }
 
@@ -90,7 +125,7 @@ try {
   result.browser_version = browser.version();
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   result.real = await run(context, 'real', null, { frames: true });
-  result.fixed = await run(context, 'fixed', (page) => routeModel(page, () => 7));
+  result.fixed = await run(context, 'fixed', (page) => routeModel(page, () => 7), { holdPoll: true });
   result.late = await run(context, 'late', (page) => routeModel(page, (n) => (n === 1 ? null : 9)));
   result.ok = true;
 } catch (e) {
