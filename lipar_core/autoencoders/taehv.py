@@ -319,35 +319,43 @@ class TAEHV(nn.Module):
     def __init__(
         self,
         latent_channels: int = 16,
-        encoder_width: int = 64,
+        encoder_width: int | Sequence[int] = 64,
         decoder_widths: Sequence[int] = DEFAULT_DECODER_WIDTHS,
     ) -> None:
         """Build the architecture (random initialisation; use :meth:`from_file` for trained weights).
 
         Args:
             latent_channels: latent channels (16 for Wan 2.1).
-            encoder_width: channels of every encoder stage (64 published).
+            encoder_width: channels of every encoder stage (64 published), or of each of its three stages (at
+                1/2, 1/4 and 1/8 of the frame size): the first conv and the first stage's temporal pooling run
+                at the first stage's width, each stage's stride-2 conv goes to its own width. The deeper stages
+                are the cheap ones to widen (a quarter and a sixteenth of the first one's pixels, and one frame
+                where the first has two).
             decoder_widths: channels of the decoder's three MemBlock stages and of its last conv
                 ((256, 128, 64, 64) published).
         """
         super().__init__()
         if len(decoder_widths) != 4:
             raise ValueError(f"decoder_widths must have 4 entries, got {list(decoder_widths)}")
+        widths = (encoder_width,) * 3 if isinstance(encoder_width, int) else tuple(encoder_width)
+        if len(widths) != len(_ENCODER_TIME_STRIDES) or min(widths) < 1:
+            raise ValueError(f"encoder_width must be one width or 3 positive ones, got {encoder_width!r}")
         self.latent_channels = latent_channels
-        self.encoder_width = encoder_width
+        self.encoder_widths: tuple[int, ...] = widths
         self.decoder_widths = tuple(decoder_widths)
 
-        e = encoder_width
-        enc: list[nn.Module] = [conv(self.image_channels, e), nn.ReLU(inplace=True)]
-        for stride in _ENCODER_TIME_STRIDES:
+        prev = widths[0]
+        enc: list[nn.Module] = [conv(self.image_channels, prev), nn.ReLU(inplace=True)]
+        for stride, e in zip(_ENCODER_TIME_STRIDES, widths, strict=True):
             enc += [
-                TPool(e, stride),
-                conv(e, e, stride=2, bias=False),
+                TPool(prev, stride),
+                conv(prev, e, stride=2, bias=False),
                 MemBlock(e, e),
                 MemBlock(e, e),
                 MemBlock(e, e),
             ]
-        enc.append(conv(e, latent_channels))
+            prev = e
+        enc.append(conv(prev, latent_channels))
         self.encoder = nn.Sequential(*enc)
 
         n_f = self.decoder_widths
@@ -366,6 +374,13 @@ class TAEHV(nn.Module):
         assert math.prod(_ENCODER_TIME_STRIDES) == self.temporal_stride == math.prod(_DECODER_TIME_STRIDES)
         self._compiled: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]]] | None = None
         self.channels_last = False
+
+    @property
+    def encoder_width(self) -> int | list[int]:
+        """The constructor's ``encoder_width``: one int when every stage has the same width (the published
+        form), else the three stage widths."""
+        w = self.encoder_widths
+        return w[0] if len(set(w)) == 1 else list(w)
 
     def use_channels_last(self, enabled: bool = True) -> None:
         """Run the streams in channels-last layout (weights converted once; inputs on entry): the fast layout
@@ -520,7 +535,7 @@ def tiny_taehv(
     seed: int = 0,
     *,
     latent_channels: int = 16,
-    encoder_width: int = 16,
+    encoder_width: int | Sequence[int] = 16,
     decoder_widths: Sequence[int] = TINY_DECODER_WIDTHS,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lipar_core.autoencoders.taehv import TAEHV, MemBlock, TGrow
+from lipar_core.autoencoders.taehv import TAEHV, MemBlock, TGrow, TPool
 from lipar_core.bundle import bundle_train_config, load_bundle, save_bundle
 from lipar_core.geometry import StreamGeometry
 from lipar_core.models.transformer import CausalWanDiT
@@ -96,7 +96,7 @@ class DemoConfig:
     ae_jitter: float = 0.05  # std of the noise added to latents before decoding in stage 1 (robust decoder)
     ae_mse: float = 0.0  # weight of a pixel MSE term in stage 1, beside L1 (PSNR is an MSE measure)
     # False: stage 1 trains the decoder only; the latents, so the editor's targets and the latent floor of the
-    # LIPAR mask, stay exactly as they were (for a decoder grown by widen_decoder on a trained bundle)
+    # LIPAR mask, stay exactly as they were (for a decoder grown by widen_autoencoder on a trained bundle)
     train_encoder: bool = True
     ae_seconds: float | None = None  # wall-clock budget of stage 1 (None: ae_steps decides alone)
     pool_streams: int = 48  # training streams generated once and sampled from
@@ -415,49 +415,64 @@ def train_editor(
     return losses
 
 
-def widen_decoder(ae: TAEHV, widths: Sequence[int]) -> TAEHV:
-    """A copy of ``ae`` whose decoder stages have ``widths`` channels (each at least the old width) and decode
-    exactly as before: the encoder is copied (the latent space, the editor's targets and the LIPAR latent floor
-    stay valid), the old decoder weights sit on the old channels, the new channels start from the default
-    initialisation, and every weight from a new channel into an old one is 0, so the new channels only take
-    part once training moves those weights (Net2Net-style growth of a trained decoder).
+def widen_autoencoder(
+    ae: TAEHV, encoder_widths: Sequence[int] | None = None, decoder_widths: Sequence[int] | None = None
+) -> TAEHV:
+    """A copy of ``ae`` whose encoder and / or decoder stages are wider (each width at least the old one) and
+    that encodes and decodes exactly as before: the old weights sit on the old channels, the new channels start
+    from the default initialisation, and every weight from a new channel into an old one is 0, so the new
+    channels only take part once training moves those weights (Net2Net-style growth of a trained autoencoder).
+    The latents stay the same until the encoder trains, so the editor's targets and the LIPAR latent floor stay
+    valid; with the decoder alone widened they stay valid for good.
 
     Args:
         ae: a trained autoencoder (any device; eval or train mode).
-        widths: the new ``decoder_widths``, 4 entries, each >= the old one.
+        encoder_widths: the new stage widths of the encoder, 3 entries (None: as they are).
+        decoder_widths: the new ``decoder_widths``, 4 entries (None: as they are).
     Returns:
         A new TAEHV on ``ae``'s device, in eval mode.
     Raises:
         ValueError: wrong count, or a width below the old one.
     """
-    old_w = list(ae.decoder_widths)
-    if len(widths) != 4 or any(n < o for n, o in zip(widths, old_w, strict=True)):
-        raise ValueError(f"decoder widths {list(widths)} must be 4 values >= the current {old_w}")
+    enc_w = list(ae.encoder_widths if encoder_widths is None else encoder_widths)
+    dec_w = list(ae.decoder_widths if decoder_widths is None else decoder_widths)
+    for part, new_w, old_w in (("encoder", enc_w, ae.encoder_widths), ("decoder", dec_w, ae.decoder_widths)):
+        if len(new_w) != len(old_w) or any(n < o for n, o in zip(new_w, old_w, strict=True)):
+            raise ValueError(
+                f"{part} widths {new_w} must be {len(old_w)} values >= the current {list(old_w)}"
+            )
     dev = next(ae.parameters()).device
-    new = TAEHV(ae.latent_channels, ae.encoder_width, widths).to(dev)
-    new.encoder.load_state_dict(ae.encoder.state_dict())
-    # the old channels of each activation are its first `old` ones (of `wide`); a TGrow's output holds
-    # `stride` frames of `wide` channels each
-    old, wide = ae.latent_channels, ae.latent_channels
+    new = TAEHV(ae.latent_channels, enc_w, dec_w).to(dev)
     with torch.no_grad():
-        for a, b in zip(ae.decoder, new.decoder, strict=True):
-            in_idx = torch.arange(old, device=dev)
-            if isinstance(a, nn.Conv2d):
-                assert isinstance(b, nn.Conv2d)
-                _embed_conv(a, b, torch.arange(a.out_channels, device=dev), in_idx)
-                old, wide = a.out_channels, b.out_channels
-            elif isinstance(a, MemBlock):
-                assert isinstance(b, MemBlock)
-                convs_a = [m for m in a.conv if isinstance(m, nn.Conv2d)]
-                convs_b = [m for m in b.conv if isinstance(m, nn.Conv2d)]
-                both = torch.cat([in_idx, in_idx + wide])  # cat([x, past])
-                for k, (ca, cb) in enumerate(zip(convs_a, convs_b, strict=True)):
-                    _embed_conv(ca, cb, torch.arange(ca.out_channels, device=dev), both if k == 0 else in_idx)
-            elif isinstance(a, TGrow):
-                assert isinstance(b, TGrow)
-                frames = torch.arange(a.stride, device=dev)[:, None] * wide
-                _embed_conv(a.conv, b.conv, (frames + in_idx[None]).flatten(), in_idx)
+        _embed_layers(ae.encoder, new.encoder, ae.image_channels)
+        _embed_layers(ae.decoder, new.decoder, ae.latent_channels)
     return new.eval()
+
+
+def _embed_layers(old_seq: nn.Sequential, new_seq: nn.Sequential, in_channels: int) -> None:
+    """Copy every layer of ``old_seq`` onto the first channels of the same, wider layer of ``new_seq``
+    (:func:`_embed_conv`). An activation's old channels are its first ``old`` of ``wide``; a TPool's input and a
+    TGrow's output hold ``stride`` frames of ``wide`` channels each."""
+    dev = next(new_seq.parameters()).device
+    old, wide = in_channels, in_channels
+    for a, b in zip(old_seq, new_seq, strict=True):
+        in_idx = torch.arange(old, device=dev)
+        if isinstance(a, nn.Conv2d):
+            assert isinstance(b, nn.Conv2d)
+            _embed_conv(a, b, torch.arange(a.out_channels, device=dev), in_idx)
+            old, wide = a.out_channels, b.out_channels
+        elif isinstance(a, MemBlock):
+            assert isinstance(b, MemBlock)
+            convs_a = [m for m in a.conv if isinstance(m, nn.Conv2d)]
+            convs_b = [m for m in b.conv if isinstance(m, nn.Conv2d)]
+            both = torch.cat([in_idx, in_idx + wide])  # cat([x, past])
+            for k, (ca, cb) in enumerate(zip(convs_a, convs_b, strict=True)):
+                _embed_conv(ca, cb, torch.arange(ca.out_channels, device=dev), both if k == 0 else in_idx)
+        elif isinstance(a, TGrow | TPool):
+            assert isinstance(b, type(a))
+            stacked = (torch.arange(a.stride, device=dev)[:, None] * wide + in_idx[None]).flatten()
+            grow = isinstance(a, TGrow)
+            _embed_conv(a.conv, b.conv, stacked if grow else in_idx, in_idx if grow else stacked)
 
 
 def _embed_conv(old: nn.Conv2d, new: nn.Conv2d, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
@@ -526,7 +541,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=lambda t: [int(v) for v in t.split(",")],
         default=None,
         metavar="W0,W1,W2,W3",
-        help="grow the (resumed) decoder to these widths, decoding as before at the start (widen_decoder)",
+        help="grow the (resumed) decoder to these widths, decoding as before at the start (widen_autoencoder)",
+    )
+    p.add_argument(
+        "--encoder-widths",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=None,
+        metavar="W1,W2,W3",
+        help="grow the (resumed) encoder's three stages to these widths, encoding as before at the start",
     )
     p.add_argument(
         "--freeze-encoder",
@@ -591,11 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     dit, ae, emb = build_models(cfg, dev)
     if args.resume is not None:
         resume_from(args.resume, dit, ae, emb)
-    if args.decoder_widths is not None:
+    if args.decoder_widths is not None or args.encoder_widths is not None:
         try:
-            ae = widen_decoder(ae, args.decoder_widths)
+            ae = widen_autoencoder(ae, args.encoder_widths, args.decoder_widths)
         except ValueError as e:
             p.error(str(e))
+        cfg.autoencoder["encoder_width"] = ae.encoder_width
         cfg.autoencoder["decoder_widths"] = list(ae.decoder_widths)
     t0 = time.time()
     # on the training device: stage 1 cuts its crops there (uint8; 0.6 GB for 128 streams of 16 frames)

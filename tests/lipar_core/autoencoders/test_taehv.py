@@ -112,6 +112,19 @@ def tiny() -> TAEHV:
     return tiny_taehv(0)
 
 
+def test_encoder_stage_widths() -> None:
+    """``encoder_width`` is one width or one per stage; the stages' convolutions take those widths, and a wrong
+    count or a width below 1 is refused."""
+    ae = TAEHV(encoder_width=(8, 12, 16), decoder_widths=[16, 8, 8, 8])
+    convs = [m for m in ae.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 8), (8, 8), (8, 12), (12, 16), (16, 16)]
+    assert ae.encoder_widths == (8, 12, 16) and ae.encoder_width == [8, 12, 16]
+    assert TAEHV(encoder_width=8, decoder_widths=[16, 8, 8, 8]).encoder_width == 8
+    for bad in ((8, 8), (8, 0, 8)):
+        with pytest.raises(ValueError, match="encoder_width must be one width or 3 positive ones"):
+            TAEHV(encoder_width=bad)
+
+
 def test_tiny_is_deterministic_and_leaves_global_rng_alone() -> None:
     state = torch.random.get_rng_state()
     a, b, c = tiny_taehv(0), tiny_taehv(0), tiny_taehv(1)
@@ -361,12 +374,14 @@ def test_a_model_that_cannot_compile_runs_eager(caplog: pytest.LogCaptureFixture
     assert sum("torch.compile failed" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_cpu_channels_last_path_equals_the_default_layout() -> None:
+@pytest.mark.parametrize("encoder_width", [8, (8, 12, 16)], ids=["uniform", "per-stage"])
+def test_cpu_channels_last_path_equals_the_default_layout(encoder_width: int | tuple[int, ...]) -> None:
     """The CPU fast path (channels-last weights and activations, 1x1 temporal convs as matrix products) computes
-    the same encoder and decoder streams as the default layout, block after block, stream state included."""
+    the same encoder and decoder streams as the default layout, block after block, stream state included; with
+    one encoder width and with a width per stage (each stage's temporal pooling at the previous one's width)."""
     torch.manual_seed(0)
-    ref = TAEHV(encoder_width=8, decoder_widths=[16, 8, 8, 8]).eval()
-    fast = TAEHV(encoder_width=8, decoder_widths=[16, 8, 8, 8]).eval()
+    ref = TAEHV(encoder_width=encoder_width, decoder_widths=[16, 8, 8, 8]).eval()
+    fast = TAEHV(encoder_width=encoder_width, decoder_widths=[16, 8, 8, 8]).eval()
     fast.load_state_dict(ref.state_dict())
     fast.use_channels_last()
     assert fast.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)

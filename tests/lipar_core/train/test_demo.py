@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lipar_core.autoencoders.taehv import TAEHV
 from lipar_core.bundle import load_bundle, save_bundle
 from lipar_core.text.style_encoder import StyleTextEncoder
 from lipar_core.train.demo import (
@@ -176,26 +177,18 @@ def test_edit_weights_steer_the_draws_and_bad_weights_fail() -> None:
 
 
 def test_a_widened_decoder_decodes_as_before_and_its_new_channels_learn() -> None:
-    """widen_decoder keeps the encoder and the decoded frames (block after block, with the stream memory), and a
-    training step on the decoder alone changes the decoded frames but no latent."""
-    from lipar_core.train.demo import widen_decoder
+    """widen_autoencoder on the decoder keeps the encoder and the decoded frames (block after block, with the
+    stream memory), and a training step on the decoder alone changes the decoded frames but no latent."""
+    from lipar_core.train.demo import widen_autoencoder
 
     _, ae, _ = build_models(_cfg(), torch.device("cpu"))
-    wide = widen_decoder(ae, [24, 12, 8, 10])
+    wide = widen_autoencoder(ae, decoder_widths=[24, 12, 8, 10])
     assert wide.decoder_widths == (24, 12, 8, 10) and ae.decoder_widths == (16, 8, 8, 8)
+    assert wide.encoder_widths == ae.encoder_widths
     frames = torch.rand(1, 8, 3, 32, 48)
-    # trainable streams: no clamp to [0, 1] that could hide a difference (a random decoder's pixels are < 0)
-    enc_a, enc_b = ae.encoder_stream(), wide.encoder_stream()
-    dec_a, dec_b = ae.decoder_stream(trainable=True), wide.decoder_stream(trainable=True)
-    with torch.no_grad():
-        for block in (frames[:, :4], frames[:, 4:]):
-            za, zb = enc_a(block), enc_b(block)
-            assert torch.equal(za, zb)
-            ya = dec_a(za)
-            assert float(ya.std()) > 1e-3
-            torch.testing.assert_close(dec_b(za), ya, rtol=0, atol=1e-5)
+    _assert_same_stream(ae, wide, frames)
     with pytest.raises(ValueError, match="must be 4 values"):
-        widen_decoder(ae, [8, 8, 8, 8])
+        widen_autoencoder(ae, decoder_widths=[8, 8, 8, 8])
     # decoder-only training: the encoder stays, the decoder moves away from the old one
     enc0 = {k: v.clone() for k, v in wide.encoder.state_dict().items()}
     pool = build_pool(_cfg(), 1, 1, seed=0)
@@ -207,3 +200,54 @@ def test_a_widened_decoder_decodes_as_before_and_its_new_channels_learn() -> Non
         za = ae.encoder_stream()(frames[:, :4])
         ya, yb = ae.decoder_stream(trainable=True)(za), wide.decoder_stream(trainable=True)(za)
     assert float((ya - yb).abs().max()) > 1e-3
+
+
+def test_a_widened_encoder_encodes_as_before_and_its_new_channels_learn(tmp_path: Path) -> None:
+    """widen_autoencoder on the encoder's stages (per-stage widths): the same latents and frames, block after
+    block; the grown model round-trips through a bundle; a joint training step moves the latents, and the new
+    channels' weights into the old ones leave 0 (they take part)."""
+    from lipar_core.train.demo import widen_autoencoder
+
+    _, ae, _ = build_models(_cfg(), torch.device("cpu"))
+    wide = widen_autoencoder(ae, encoder_widths=[12, 16, 20], decoder_widths=[20, 8, 8, 8])
+    assert wide.encoder_widths == (12, 16, 20) and wide.encoder_width == [12, 16, 20]
+    assert ae.encoder_width == 8  # uniform widths keep the published single-int form
+    frames = torch.rand(1, 8, 3, 32, 48)
+    _assert_same_stream(ae, wide, frames)
+    with pytest.raises(ValueError, match=r"encoder widths .* must be 3 values"):
+        widen_autoencoder(ae, encoder_widths=[8, 8])
+    with pytest.raises(ValueError, match=r"encoder widths .* must be 3 values"):
+        widen_autoencoder(ae, encoder_widths=[4, 8, 8])
+    # the bundle stores the per-stage widths and rebuilds the same model
+    dit, _, emb = build_models(_cfg(), torch.device("cpu"))
+    path = tmp_path / "wide.safetensors"
+    save_bundle(path, dit.wan, wide, StyleTextEncoder(vocabulary(), emb.detach()), {})
+    again = load_bundle(path).autoencoder
+    assert again.encoder_widths == (12, 16, 20) and again.decoder_widths == (20, 8, 8, 8)
+    # joint training: the latents move, and the last stage's new channels now feed the old latent channels
+    last = wide.encoder[-1]
+    assert isinstance(last, torch.nn.Conv2d) and float(last.weight.detach()[:, 8:].abs().max()) == 0.0
+    pool = build_pool(_cfg(), 1, 1, seed=0)
+    train_autoencoder(_cfg(ae_lr=3e-3), wide, pool, torch.device("cpu"), steps=3)
+    assert float(last.weight.detach()[:, 8:].abs().max()) > 0.0
+    with torch.no_grad():
+        za, zb = ae.encoder_stream()(frames[:, :4]), wide.encoder_stream()(frames[:, :4])
+    assert float((za - zb).abs().max()) > 1e-4
+
+
+def _assert_same_stream(a: TAEHV, b: TAEHV, frames: torch.Tensor) -> None:
+    """``a`` and ``b`` give the same latents and decoded frames on ``frames`` [1, T, 3, H, W], 4 frames a block,
+    with their stream memory carried from block to block."""
+    # trainable decoder streams: no clamp to [0, 1] that could hide a difference (a random decoder's pixels are
+    # < 0)
+    enc_a, enc_b = a.encoder_stream(), b.encoder_stream()
+    dec_a, dec_b = a.decoder_stream(trainable=True), b.decoder_stream(trainable=True)
+    with torch.no_grad():
+        for start in range(0, frames.shape[1], 4):
+            block = frames[:, start : start + 4]
+            za, zb = enc_a(block), enc_b(block)
+            assert float(za.std()) > 1e-3
+            torch.testing.assert_close(zb, za, rtol=0, atol=1e-5)
+            ya = dec_a(za)
+            assert float(ya.std()) > 1e-3
+            torch.testing.assert_close(dec_b(za), ya, rtol=0, atol=1e-5)
