@@ -88,9 +88,11 @@ class DemoConfig:
     text_tokens: int = 4
     ae_steps: int = 1500
     ae_batch: int = 4
-    ae_frames: int | None = (
-        None  # frames per autoencoder sample; None: one latent frame (the temporal stride)
-    )
+    # pixel frames per autoencoder sample, streamed as one; None: one latent frame (the temporal stride; runs
+    # 1-9). Two latent frames (8) let every MemBlock see a real past: with one, the stages that run on one frame
+    # per latent only ever saw the zero start-of-stream past, and their past weights never trained
+    # (clear_untrained_memory)
+    ae_frames: int | None = 8
     ae_crop: int = 128
     ae_lr: float = 1e-3
     ae_jitter: float = 0.05  # std of the noise added to latents before decoding in stage 1 (robust decoder)
@@ -282,6 +284,8 @@ def autoencoder_batch(
         float [B, n_frames, 3, crop, crop] in [0, 1] on ``device``.
     """
     c, grid = cfg.ae_crop, TAEHV.spatial_stride
+    if pool.shape[1] < n_frames:
+        raise ValueError(f"samples of {n_frames} frames need pool streams that long, not {pool.shape[1]}")
     crops = []
     for _ in edits:
         stream = pool[rng.randrange(pool.shape[0])]
@@ -320,6 +324,42 @@ def autoencoder_psnr(
             else:
                 styled.append(db)
     out["styled"] = sum(styled) / max(len(styled), 1)
+    return out
+
+
+@torch.no_grad()
+def memory_gain_db(
+    ae: TAEHV, streams: dict[str, torch.Tensor], frames_per_block: int, device: torch.device
+) -> dict[str, float]:
+    """What the autoencoder's stream memory is worth, per stream (uint8 [T, H, W, 3]) of at least two blocks:
+    the PSNR (dB) of the frames after the first block streamed as live (each block sees the previous one through
+    the MemBlocks) minus that of the same blocks each coded as a new stream (a zero past, as the first block).
+    Positive: the memory helps; clearly negative: the memory feeds the network something training never showed
+    it (run 8: -1.6 dB on carphone, -2.4 on camera: past weights that never trained, clear_untrained_memory).
+
+    Raises:
+        ValueError: a stream shorter than two blocks.
+    """
+    out: dict[str, float] = {}
+    for name, frames in streams.items():
+        if frames.shape[0] < 2 * frames_per_block:
+            raise ValueError(
+                f"{name}: {frames.shape[0]} frames, the memory needs two blocks of {frames_per_block}"
+            )
+        x = to_float_frames(frames, device)
+        blocks = range(0, x.shape[0] - frames_per_block + 1, frames_per_block)
+        dec = ae.decoder_stream()
+        streamed = torch.cat([dec(z[None])[0] for z in _encode_stream(ae, x, frames_per_block)])
+        fresh = torch.cat(
+            [ae.decoder_stream()(ae.encoder_stream()(x[None, i : i + frames_per_block]))[0] for i in blocks]
+        )
+        n = streamed.shape[0]
+        db = [
+            10.0
+            * math.log10(1.0 / max(float(F.mse_loss(y[frames_per_block:], x[frames_per_block:n])), 1e-12))
+            for y in (streamed, fresh)
+        ]
+        out[name] = db[0] - db[1]
     return out
 
 
@@ -449,6 +489,51 @@ def widen_autoencoder(
     return new.eval()
 
 
+def memory_frames(ae: TAEHV, frames: int) -> dict[str, int]:
+    """How many frames each MemBlock runs on for a sample of ``frames`` pixel frames (the encoder) and its
+    ``frames // 4`` latent frames (the decoder): ``"encoder.9" -> 1``. A MemBlock on one frame sees only its
+    zero start-of-stream past, so training on such samples never reaches the past half of its first conv.
+
+    Raises:
+        ValueError: ``frames`` is not a positive multiple of the temporal stride.
+    """
+    if frames < 1 or frames % ae.temporal_stride:
+        raise ValueError(f"{frames} frames is not a positive multiple of {ae.temporal_stride}")
+    out: dict[str, int] = {}
+    for part, t in (("encoder", frames), ("decoder", frames // ae.temporal_stride)):
+        for index, layer in enumerate(getattr(ae, part)):
+            if isinstance(layer, TPool):
+                t //= layer.stride
+            elif isinstance(layer, TGrow):
+                t *= layer.stride
+            elif isinstance(layer, MemBlock):
+                out[f"{part}.{index}"] = t
+    return out
+
+
+def clear_untrained_memory(ae: TAEHV, trained_frames: int = 4) -> list[str]:
+    """Zero the past half of the first conv of every MemBlock that ran on one frame per sample when ``ae`` was
+    trained on samples of ``trained_frames`` pixel frames (:func:`memory_frames`; runs 1-9 trained on 4).
+
+    Such a block only ever saw a zero past, so those weights are still the random initialisation, while a stream
+    feeds them the previous block's features from its second block on: noise the rest of the network never
+    learned to expect (it cost 0.5-1.7 dB of streamed held-out PSNR on run 8). With them zero, every block
+    decodes as the first one does, which is what training taught; a later training on longer samples
+    (``DemoConfig.ae_frames``) then starts those weights from 0. In place.
+
+    Returns:
+        The cleared blocks (``"decoder.3"``, ...).
+    """
+    cleared = [name for name, t in memory_frames(ae, trained_frames).items() if t == 1]
+    with torch.no_grad():
+        for name in cleared:
+            part, index = name.split(".")
+            block = getattr(ae, part)[int(index)]
+            first = block.conv[0]
+            first.weight[:, first.in_channels // 2 :] = 0.0  # cat([x, past]): the past's channels
+    return cleared
+
+
 def _embed_layers(old_seq: nn.Sequential, new_seq: nn.Sequential, in_channels: int) -> None:
     """Copy every layer of ``old_seq`` onto the first channels of the same, wider layer of ``new_seq``
     (:func:`_embed_conv`). An activation's old channels are its first ``old`` of ``wide``; a TPool's input and a
@@ -535,6 +620,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="editor training frame size (px, square; default: the stream's)",
     )
     p.add_argument("--ae-jitter", type=float, default=None, help="latent noise std in stage 1")
+    p.add_argument(
+        "--ae-frames", type=int, default=None, help="pixel frames per stage-1 sample (a multiple of 4)"
+    )
+    p.add_argument(
+        "--clear-untrained-memory",
+        action="store_true",
+        help="zero the resumed autoencoder's never-trained past weights first (clear_untrained_memory)",
+    )
     p.add_argument("--ae-mse", type=float, default=None, help="weight of the pixel MSE term in stage 1")
     p.add_argument(
         "--decoder-widths",
@@ -595,11 +688,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dit_lr",
         "pool_streams",
         "ae_jitter",
+        "ae_frames",
         "ae_mse",
         "dit_blocks",
     ):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if cfg.ae_frames is not None and (cfg.ae_frames < 1 or cfg.ae_frames % TAEHV.temporal_stride):
+        p.error(f"--ae-frames {cfg.ae_frames} is not a positive multiple of {TAEHV.temporal_stride}")
     cfg.edit_weights.update(args.edit_weight)
     cfg.train_encoder = not args.freeze_encoder
     try:  # unknown edits and bad weights fail before any work
@@ -613,6 +709,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     dit, ae, emb = build_models(cfg, dev)
     if args.resume is not None:
         resume_from(args.resume, dit, ae, emb)
+    if args.clear_untrained_memory:
+        if args.resume is None:
+            p.error(
+                "--clear-untrained-memory needs --resume (a fresh model has no untrained memory to clear)"
+            )
+        trained = bundle_train_config(args.resume).get("ae_frames") or ae.temporal_stride
+        log.info("cleared the untrained past weights of %s", ", ".join(clear_untrained_memory(ae, trained)))
     if args.decoder_widths is not None or args.encoder_widths is not None:
         try:
             ae = widen_autoencoder(ae, args.encoder_widths, args.decoder_widths)
@@ -629,7 +732,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     t1 = time.time()
     ae.requires_grad_(False)
     ae_psnr = autoencoder_psnr(ae, heldout, cfg.geometry.pixel_frames_per_block, dev)
-    log.info("autoencoder: %d steps in %.0f s, held-out PSNR %s", len(ae_losses), t1 - tp, ae_psnr)
+    ae_memory = memory_gain_db(ae, heldout, cfg.geometry.pixel_frames_per_block, dev)
+    log.info(
+        "autoencoder: %d steps in %.0f s, held-out PSNR %s, memory gain %s",
+        len(ae_losses),
+        t1 - tp,
+        ae_psnr,
+        ae_memory,
+    )
     _save(args.out / "demo-stage1.safetensors", cfg, dit, ae, emb)
     t1 = time.time()
     dit_losses = train_editor(cfg, dit, ae, emb, pool, dev)
@@ -649,6 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "steps": len(ae_losses),
             "final_loss": tail(ae_losses),
             "heldout_psnr_db": ae_psnr,
+            "heldout_memory_gain_db": ae_memory,
             "losses": ae_losses[:: max(1, len(ae_losses) // 200)],
         },
         "editor": {

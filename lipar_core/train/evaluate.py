@@ -39,7 +39,7 @@ from lipar_core.editor import StreamEditor
 from lipar_core.lipar.config import LiparConfig
 from lipar_core.presets import EditorModels, get_preset_config, load_preset
 from lipar_core.train.data import heldout_streams
-from lipar_core.train.demo import autoencoder_psnr, to_float_frames
+from lipar_core.train.demo import autoencoder_psnr, memory_gain_db, to_float_frames
 from lipar_core.train.styles import STYLE_PROMPTS, apply_style, edge_similarity, nearest_style
 from lipar_core.video_io import write_png
 
@@ -160,6 +160,7 @@ def evaluate(
         report["contact_sheet"] = str(sheet)
     report["unknown_prompt_psnr_vs_input_db"] = unknown
     report["autoencoder_psnr_db"] = heldout_autoencoder_psnr(models, streams)
+    report["autoencoder_memory_gain_db"] = heldout_memory_gain(models, streams)
     if lipar_variants:
         report["lipar"] = lipar_comparison(models, streams, lipar)
     return report
@@ -174,10 +175,29 @@ def heldout_autoencoder_psnr(models: EditorModels, streams: dict[str, torch.Tens
     Raises:
         TypeError: the autoencoder is not a TAEHV (the demo bundles' kind).
     """
+    return autoencoder_psnr(
+        _demo_autoencoder(models), streams, models.geometry.pixel_frames_per_block, models.device
+    )
+
+
+def heldout_memory_gain(models: EditorModels, streams: dict[str, torch.Tensor]) -> dict[str, float]:
+    """What the loaded autoencoder's stream memory is worth on the held-out streams, dB per stream
+    (:func:`~lipar_core.train.demo.memory_gain_db`: streamed minus each block coded alone, after the first).
+
+    Raises:
+        TypeError: the autoencoder is not a TAEHV (the demo bundles' kind).
+    """
+    return memory_gain_db(
+        _demo_autoencoder(models), streams, models.geometry.pixel_frames_per_block, models.device
+    )
+
+
+def _demo_autoencoder(models: EditorModels) -> TAEHV:
+    """The loaded models' autoencoder; TypeError unless it is a TAEHV (the demo bundles' kind)."""
     ae = models.autoencoder
     if not isinstance(ae, TAEHV):
         raise TypeError(f"expected the demo bundle's TAEHV autoencoder, got {type(ae).__name__}")
-    return autoencoder_psnr(ae, streams, models.geometry.pixel_frames_per_block, models.device)
+    return ae
 
 
 def edge_references(streams: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lipar_core.autoencoders.taehv import TAEHV
+from lipar_core.autoencoders.taehv import TAEHV, MemBlock, tiny_taehv
 from lipar_core.bundle import load_bundle, save_bundle
 from lipar_core.text.style_encoder import StyleTextEncoder
 from lipar_core.train.demo import (
@@ -176,7 +176,7 @@ def test_edit_weights_steer_the_draws_and_bad_weights_fail() -> None:
         assert err.value.code == 2
 
 
-def test_a_widened_decoder_decodes_as_before_and_its_new_channels_learn() -> None:
+def test_a_widened_decoder_decodes_as_before_and_its_new_channels_learn(pool: torch.Tensor) -> None:
     """widen_autoencoder on the decoder keeps the encoder and the decoded frames (block after block, with the
     stream memory), and a training step on the decoder alone changes the decoded frames but no latent."""
     from lipar_core.train.demo import widen_autoencoder
@@ -191,7 +191,6 @@ def test_a_widened_decoder_decodes_as_before_and_its_new_channels_learn() -> Non
         widen_autoencoder(ae, decoder_widths=[8, 8, 8, 8])
     # decoder-only training: the encoder stays, the decoder moves away from the old one
     enc0 = {k: v.clone() for k, v in wide.encoder.state_dict().items()}
-    pool = build_pool(_cfg(), 1, 1, seed=0)
     train_autoencoder(
         _cfg(train_encoder=False, ae_mse=10.0, ae_lr=3e-3), wide, pool, torch.device("cpu"), steps=3
     )
@@ -202,7 +201,9 @@ def test_a_widened_decoder_decodes_as_before_and_its_new_channels_learn() -> Non
     assert float((ya - yb).abs().max()) > 1e-3
 
 
-def test_a_widened_encoder_encodes_as_before_and_its_new_channels_learn(tmp_path: Path) -> None:
+def test_a_widened_encoder_encodes_as_before_and_its_new_channels_learn(
+    tmp_path: Path, pool: torch.Tensor
+) -> None:
     """widen_autoencoder on the encoder's stages (per-stage widths): the same latents and frames, block after
     block; the grown model round-trips through a bundle; a joint training step moves the latents, and the new
     channels' weights into the old ones leave 0 (they take part)."""
@@ -227,7 +228,6 @@ def test_a_widened_encoder_encodes_as_before_and_its_new_channels_learn(tmp_path
     # joint training: the latents move, and the last stage's new channels now feed the old latent channels
     last = wide.encoder[-1]
     assert isinstance(last, torch.nn.Conv2d) and float(last.weight.detach()[:, 8:].abs().max()) == 0.0
-    pool = build_pool(_cfg(), 1, 1, seed=0)
     train_autoencoder(_cfg(ae_lr=3e-3), wide, pool, torch.device("cpu"), steps=3)
     assert float(last.weight.detach()[:, 8:].abs().max()) > 0.0
     with torch.no_grad():
@@ -251,3 +251,84 @@ def _assert_same_stream(a: TAEHV, b: TAEHV, frames: torch.Tensor) -> None:
             ya = dec_a(za)
             assert float(ya.std()) > 1e-3
             torch.testing.assert_close(dec_b(za), ya, rtol=0, atol=1e-5)
+
+
+def _past_weights(ae: TAEHV, name: str) -> torch.Tensor:
+    """The past half of MemBlock ``name``'s first conv (its input is cat([x, past]))."""
+    part, index = name.split(".")
+    first = getattr(ae, part)[int(index)].conv[0]
+    return first.weight.detach()[:, first.in_channels // 2 :].clone()
+
+
+def test_memory_blocks_on_one_frame_train_their_past_only_on_longer_samples(pool: torch.Tensor) -> None:
+    """With one latent frame per sample (runs 1-9), the MemBlocks that run on one frame (encoder stages 2-3,
+    decoder stages 1-2) never see a past, so their past weights stay as initialised; the default of two latent
+    frames per sample trains them."""
+    from lipar_core.train.demo import memory_frames
+
+    _, ae, _ = build_models(_cfg(), torch.device("cpu"))
+    frames4 = memory_frames(ae, 4)
+    assert sorted(set(frames4.values())) == [1, 2]
+    assert [frames4[f"encoder.{i}"] for i in (4, 9, 14)] == [2, 1, 1]  # first MemBlock of each stage
+    assert [frames4[f"decoder.{i}"] for i in (3, 9, 15)] == [1, 1, 2]
+    assert memory_frames(ae, 8) == {k: 2 * v for k, v in frames4.items()}
+    with pytest.raises(ValueError, match="multiple of 4"):
+        memory_frames(ae, 6)
+    one_frame = [k for k, v in frames4.items() if v == 1]
+    assert _cfg().ae_frames == 8
+    for ae_frames, trains in ((4, False), (8, True)):
+        _, ae, _ = build_models(_cfg(), torch.device("cpu"))
+        before = {k: _past_weights(ae, k) for k in one_frame}
+        train_autoencoder(_cfg(ae_frames=ae_frames, ae_lr=3e-3), ae, pool, torch.device("cpu"), steps=2)
+        moved = [not torch.equal(_past_weights(ae, k), before[k]) for k in one_frame]
+        assert moved == [trains] * len(one_frame), (ae_frames, moved)
+
+
+def test_clearing_untrained_memory_makes_those_blocks_ignore_the_past(tmp_path: Path) -> None:
+    """clear_untrained_memory zeroes exactly the past weights of the one-frame MemBlocks (nothing else), so
+    their output no longer depends on the past; the trainer's --clear-untrained-memory does it on a resumed
+    bundle and refuses without one."""
+    from lipar_core.train.demo import clear_untrained_memory, main
+
+    _, ae, _ = build_models(_cfg(), torch.device("cpu"))
+    before = {k: v.clone() for k, v in ae.state_dict().items()}
+    cleared = clear_untrained_memory(ae)
+    assert cleared == [f"encoder.{i}" for i in (9, 10, 11, 14, 15, 16)] + [
+        f"decoder.{i}" for i in (3, 4, 5, 9, 10, 11)
+    ]
+    changed = {k.rsplit(".", 3)[0] for k, v in ae.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == set(cleared)
+    for name in cleared:
+        assert float(_past_weights(ae, name).abs().max()) == 0.0
+        part, index = name.split(".")
+        block = getattr(ae, part)[int(index)]
+        assert isinstance(block, MemBlock)
+        x = torch.randn(2, block.conv[0].in_channels // 2, 8, 8)
+        with torch.no_grad():
+            assert torch.equal(block(x, torch.randn_like(x)), block(x, torch.zeros_like(x)))
+    assert clear_untrained_memory(ae, trained_frames=8) == []  # two latents a sample: every past trained
+    for args in (["--clear-untrained-memory"], ["--ae-frames", "6"]):
+        with pytest.raises(SystemExit) as err:
+            main(["--out", str(tmp_path / "never-written"), *args])
+        assert err.value.code == 2
+
+
+def test_memory_gain_is_zero_for_an_autoencoder_that_ignores_the_past() -> None:
+    """memory_gain_db compares the streamed blocks after the first with the same blocks coded alone: exactly 0
+    when no MemBlock looks at its past, not 0 when they do; a stream of one block is refused."""
+    from lipar_core.train.demo import memory_gain_db
+
+    ae = tiny_taehv(0, encoder_width=8, decoder_widths=[16, 8, 8, 8])  # decoded pixels mostly inside (0, 1)
+    ae.requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    streams = {"a": torch.randint(0, 256, (12, 32, 48, 3), dtype=torch.uint8, generator=gen)}
+    with_memory = memory_gain_db(ae, streams, 4, torch.device("cpu"))
+    assert abs(with_memory["a"]) > 1e-3
+    for part in (ae.encoder, ae.decoder):
+        for block in part:
+            if isinstance(block, MemBlock):
+                first = block.conv[0]
+                first.weight[:, first.in_channels // 2 :] = 0.0
+    assert memory_gain_db(ae, streams, 4, torch.device("cpu")) == {"a": 0.0}
+    with pytest.raises(ValueError, match="two blocks"):
+        memory_gain_db(ae, {"short": streams["a"][:4]}, 4, torch.device("cpu"))
