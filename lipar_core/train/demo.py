@@ -314,11 +314,8 @@ def autoencoder_psnr(
         x = to_float_frames(frames, device)
         for edit in edit_names():
             target = target_frames(edit, x)
-            z = _encode_stream(ae, target, frames_per_block)
-            dec = ae.decoder_stream()
-            y = torch.cat([dec(z[b : b + 1])[0] for b in range(z.shape[0])]).clamp(0.0, 1.0)
-            mse = float(F.mse_loss(y, target[: y.shape[0]]))
-            db = 10.0 * math.log10(1.0 / max(mse, 1e-12))
+            y = _stream_round_trip(ae, target, frames_per_block)
+            db = _psnr_db(y, target[: y.shape[0]])
             if edit == ORIGINAL:
                 out[name] = db
             else:
@@ -347,20 +344,33 @@ def memory_gain_db(
                 f"{name}: {frames.shape[0]} frames, the memory needs two blocks of {frames_per_block}"
             )
         x = to_float_frames(frames, device)
-        blocks = range(0, x.shape[0] - frames_per_block + 1, frames_per_block)
-        dec = ae.decoder_stream()
-        streamed = torch.cat([dec(z[None])[0] for z in _encode_stream(ae, x, frames_per_block)])
-        fresh = torch.cat(
-            [ae.decoder_stream()(ae.encoder_stream()(x[None, i : i + frames_per_block]))[0] for i in blocks]
-        )
+        streamed = _stream_round_trip(ae, x, frames_per_block)
         n = streamed.shape[0]
-        db = [
-            10.0
-            * math.log10(1.0 / max(float(F.mse_loss(y[frames_per_block:], x[frames_per_block:n])), 1e-12))
-            for y in (streamed, fresh)
-        ]
-        out[name] = db[0] - db[1]
+        # each block alone: a new stream per block, so every block starts from the zero past
+        fresh = torch.cat(
+            [
+                _stream_round_trip(ae, x[i : i + frames_per_block], frames_per_block)
+                for i in range(0, n, frames_per_block)
+            ]
+        )
+        after_first = x[frames_per_block:n]
+        out[name] = _psnr_db(streamed[frames_per_block:], after_first) - _psnr_db(
+            fresh[frames_per_block:], after_first
+        )
     return out
+
+
+def _psnr_db(y: torch.Tensor, x: torch.Tensor) -> float:
+    """PSNR (dB) of frames in [0, 1] against ``x`` (120 dB at most: identical frames)."""
+    return 10.0 * math.log10(1.0 / max(float(F.mse_loss(y, x)), 1e-12))
+
+
+@torch.no_grad()
+def _stream_round_trip(ae: TAEHV, frames: torch.Tensor, fpb: int) -> torch.Tensor:
+    """Frames [T, 3, H, W] in [0, 1] (T a multiple of ``fpb``) through one encoder and one decoder stream, block
+    by block as live: the decoded frames, same shape, in [0, 1]."""
+    dec = ae.decoder_stream()
+    return torch.cat([dec(z[None])[0] for z in _encode_stream(ae, frames, fpb)]).clamp(0.0, 1.0)
 
 
 @torch.no_grad()
